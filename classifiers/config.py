@@ -1,0 +1,63 @@
+"""Typed training configuration for expression classifiers (a `params.yaml` section)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from classifiers.augment import AugmentConfig
+from pipelines.errors import UserError
+
+
+class TrainConfig(BaseModel):
+    """How to build and train one classifier. Every field has a params.yaml key of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    arch: Literal["compact_cnn", "vgg_fer", "resnet18", "mobilenet_v3_small"] = "vgg_fer"
+    width: float = Field(1.0, gt=0, le=4)
+    attention: Literal["none", "se", "cbam"] = "none"
+    dropout: float = Field(0.3, ge=0, lt=1)
+    pretrained: bool = False
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=2)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    class_weighting: Literal["none", "inverse", "sqrt_inverse"] = "none"
+    balanced_sampling: bool = False
+    select_by: Literal["accuracy", "macro_f1"] = "accuracy"
+    tta: Literal["none", "flip", "flip_crops"] = "flip"
+    augment: Any = Field(default_factory=AugmentConfig)
+
+    seed: int = 0
+    max_minutes: float | None = Field(None, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    amp: bool = True  # bfloat16/float16 autocast on CUDA only
+    channels_last: bool = True  # CUDA only
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, v: Any) -> AugmentConfig:
+        if isinstance(v, AugmentConfig):
+            return v
+        try:
+            return AugmentConfig.from_mapping(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        except TypeError as e:
+            raise ValueError(f"augmentation: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = self.model_dump()
+        d["augment"] = asdict(self.augment)
+        return d

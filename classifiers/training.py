@@ -1,0 +1,238 @@
+"""Training an expression classifier: one readable loop, top to bottom.
+
+Data stays in memory as tensors; each step indexes a batch, augments it as a whole on tensors and
+takes an optimizer step. Model selection is on val only. Checkpoints (safetensors) are written
+every epoch so an interrupted run resumes where it stopped. Under `torchrun` the loop runs
+data-parallel (gloo on CPU, nccl on CUDA), each rank taking its share of every global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from classifiers import checkpoint as ckpt
+from classifiers.architectures import build_model
+from classifiers.augment import augment_batch, preprocess, tta_views
+from classifiers.config import TrainConfig
+from classifiers.metrics import confusion_matrices, scores_from_confusion
+
+NUM_CLASSES = 7
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # best weights (by cfg.select_by on val), eval mode, on CPU
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+    stopped: str = "completed"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but no CUDA device is available; set device: auto or cpu")
+    return torch.device(name)
+
+
+def model_from_config(cfg: TrainConfig) -> torch.nn.Module:
+    return build_model(cfg.arch, attention=cfg.attention, width=cfg.width, dropout=cfg.dropout, pretrained=cfg.pretrained)
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images_uint8: torch.Tensor, cfg: TrainConfig, tta: str | None = None,
+                  batch_size: int = 512) -> torch.Tensor:
+    """Class probabilities for uint8 images (N x 1 x 48 x 48), averaged over test-time views."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images_uint8), batch_size):
+        x = preprocess(images_uint8[i : i + batch_size], cfg.augment.equalize).to(device)
+        views = tta_views(x, tta or cfg.tta)
+        probs = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
+        out.append(probs.cpu())
+    return torch.cat(out) if out else torch.zeros(0, NUM_CLASSES)
+
+
+def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels, minlength=NUM_CLASSES).double().clamp(min=1)
+    w = counts.sum() / (NUM_CLASSES * counts)
+    w = w if mode == "inverse" else w.sqrt()
+    return (w / (w * counts).sum() * counts.sum()).float()  # mean weight over samples = 1
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train_classifier(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    log: Callable[[dict, int], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    rank, world = _distributed()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.seed)
+    model = model_from_config(cfg).to(device)
+    memory_format = torch.channels_last if (device.type == "cuda" and cfg.channels_last) else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
+    local_batch = cfg.batch_size // world
+    n = len(train_labels)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=2) if cfg.schedule == "plateau" else None
+
+    weights = class_weights(train_labels, cfg.class_weighting)
+    weights = weights.to(device) if weights is not None else None
+    sample_p = None
+    if cfg.balanced_sampling:
+        counts = torch.bincount(train_labels, minlength=NUM_CLASSES).double()
+        sample_p = (1.0 / counts.clamp(min=1))[train_labels]
+    x_train = preprocess(train_images, cfg.augment.equalize)  # float, normalised, once
+    gen = torch.Generator().manual_seed(cfg.seed * 1009 + 17)  # same order on every rank
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 101 + rank)
+
+    start_epoch, step, elapsed = 0, 0, 0.0
+    history: list[dict] = []
+    best = {"epoch": -1, "score": -1.0, "val": {}}
+    best_state = None
+    fingerprint = {"config": cfg.to_dict(), "n_train": n, "world": world,
+                   "train_checksum": int(train_labels.sum()) * 1_000_003 + int(train_images[:: max(1, n // 97)].sum())}
+    last_path = checkpoint_dir / "last.safetensors" if checkpoint_dir else None
+    if last_path and last_path.exists():
+        tensors, meta = ckpt.load_checkpoint(last_path)
+        if meta.get("fingerprint") == fingerprint:
+            model.load_state_dict(ckpt.unprefixed("model", tensors))
+            best_state = ckpt.unprefixed("best", tensors) or None
+            ckpt.load_optimizer_state(opt, ckpt.unprefixed("optim", tensors), meta["optim"])
+            gen.set_state(tensors["rng.order"])
+            aug_gen.set_state(tensors[f"rng.aug{rank}"] if f"rng.aug{rank}" in tensors else tensors["rng.aug0"])
+            if plateau is not None:
+                plateau.load_state_dict(meta["plateau"])
+            start_epoch, step, elapsed = meta["epoch"] + 1, meta["step"], meta["elapsed"]
+            history, best = meta["history"], meta["best"]
+            if rank == 0:
+                print(f"resuming from {last_path} at epoch {start_epoch + 1}/{cfg.epochs}", flush=True)
+
+    stopped = "completed"
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress or rank != 0, transient=False)
+    with bar:
+        task = bar.add_task(f"{cfg.arch} epoch {start_epoch + 1}/{cfg.epochs}", total=total_steps, completed=step)
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            net.train()
+            if sample_p is not None:
+                order = torch.multinomial(sample_p, steps_per_epoch * cfg.batch_size, replacement=True, generator=gen)
+            else:
+                order = torch.randperm(n, generator=gen)
+            loss_sum = torch.zeros((), device=device)
+            for s in range(steps_per_epoch):
+                idx = order[s * cfg.batch_size + rank * local_batch : s * cfg.batch_size + (rank + 1) * local_batch]
+                xb = augment_batch(x_train[idx], cfg.augment, aug_gen)
+                xb = xb.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                yb = train_labels[idx].to(device, non_blocking=True)
+                if plateau is None:
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * _lr_factor(step, total_steps, warmup)
+                elif step < warmup:
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * (step + 1) / warmup
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
+                    loss = F.cross_entropy(net(xb), yb, weight=weights, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+                step += 1
+                bar.update(task, advance=1)
+            train_loss = float(loss_sum) / steps_per_epoch
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower lr")
+
+            probs = predict_proba(model, val_images, cfg)
+            pred = probs.argmax(1)
+            scores = scores_from_confusion(confusion_matrices(val_labels, pred, NUM_CLASSES))
+            val = {"accuracy": float(scores["accuracy"]), "macro_f1": float(scores["macro_f1"]),
+                   "nll": float(F.nll_loss(probs.clamp(min=1e-8).log(), val_labels))}
+            if plateau is not None and step >= warmup:
+                plateau.step(val[cfg.select_by])
+            epoch_s = time.perf_counter() - t0
+            elapsed += epoch_s
+            row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "lr": opt.param_groups[0]["lr"],
+                   **{f"val_{k}": round(v, 5) for k, v in val.items()}, "epoch_seconds": round(epoch_s, 2),
+                   "elapsed_minutes": round(elapsed / 60, 3)}
+            history.append(row)
+            if val[cfg.select_by] > best["score"]:
+                best = {"epoch": epoch + 1, "score": val[cfg.select_by], "val": val}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bar.update(task, description=f"{cfg.arch} epoch {epoch + 1}/{cfg.epochs} val acc {val['accuracy']:.3f} "
+                                         f"(best {best['val']['accuracy']:.3f})")
+            if log is not None and rank == 0:
+                log(row, epoch + 1)
+            budget_hit = cfg.max_minutes is not None and (elapsed + epoch_s) / 60 > cfg.max_minutes
+            if last_path is not None and rank == 0:
+                opt_tensors, opt_meta = ckpt.optimizer_state(opt)
+                tensors = {**ckpt.prefixed("model", model.state_dict()), **ckpt.prefixed("best", best_state or {}),
+                           **ckpt.prefixed("optim", opt_tensors), "rng.order": gen.get_state(), "rng.aug0": aug_gen.get_state()}
+                meta = {"fingerprint": fingerprint, "epoch": epoch, "step": step, "elapsed": elapsed,
+                        "history": history, "best": best, "optim": opt_meta,
+                        "plateau": plateau.state_dict() if plateau is not None else None}
+                ckpt.save_checkpoint(last_path, tensors, meta)
+            if budget_hit and epoch + 1 < cfg.epochs:
+                stopped = f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}"
+                break
+    if world > 1:
+        dist.barrier()
+    final = copy.deepcopy(model).cpu()
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    final.eval()
+    return TrainResult(final, history, best["epoch"], best["val"], elapsed, stopped)
