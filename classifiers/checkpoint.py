@@ -71,11 +71,3 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def generator_state(gen: torch.Generator) -> torch.Tensor:
-    return gen.get_state()
-
-
-def cpu_rng_state() -> torch.Tensor:
-    return torch.get_rng_state()

@@ -33,7 +33,8 @@ class TrainConfig(BaseModel):
     class_weighting: Literal["none", "inverse", "sqrt_inverse"] = "none"
     balanced_sampling: bool = False
     select_by: Literal["accuracy", "macro_f1"] = "accuracy"
-    tta: Literal["none", "flip", "flip_crops"] = "flip"
+    tta: Literal["none", "flip", "flip_crops"] = "flip"  # test-time views for reported numbers
+    val_tta: Literal["none", "flip", "flip_crops"] = "none"  # views for the per-epoch val selection (cheaper)
     augment: Any = Field(default_factory=AugmentConfig)
 
     seed: int = 0

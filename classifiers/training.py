@@ -83,6 +83,11 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def is_main_process() -> bool:
+    """False on every rank but 0 of a torchrun job: only rank 0 writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _distributed() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -153,6 +158,7 @@ def train_classifier(
             best_state = ckpt.unprefixed("best", tensors) or None
             ckpt.load_optimizer_state(opt, ckpt.unprefixed("optim", tensors), meta["optim"])
             gen.set_state(tensors["rng.order"])
+            torch.set_rng_state(tensors["rng.torch"])  # dropout draws from the global generator
             aug_gen.set_state(tensors[f"rng.aug{rank}"] if f"rng.aug{rank}" in tensors else tensors["rng.aug0"])
             if plateau is not None:
                 plateau.load_state_dict(meta["plateau"])
@@ -197,7 +203,7 @@ def train_classifier(
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower lr")
 
-            probs = predict_proba(model, val_images, cfg)
+            probs = predict_proba(model, val_images, cfg, tta=cfg.val_tta)
             pred = probs.argmax(1)
             scores = scores_from_confusion(confusion_matrices(val_labels, pred, NUM_CLASSES))
             val = {"accuracy": float(scores["accuracy"]), "macro_f1": float(scores["macro_f1"]),
@@ -221,7 +227,8 @@ def train_classifier(
             if last_path is not None and rank == 0:
                 opt_tensors, opt_meta = ckpt.optimizer_state(opt)
                 tensors = {**ckpt.prefixed("model", model.state_dict()), **ckpt.prefixed("best", best_state or {}),
-                           **ckpt.prefixed("optim", opt_tensors), "rng.order": gen.get_state(), "rng.aug0": aug_gen.get_state()}
+                           **ckpt.prefixed("optim", opt_tensors), "rng.order": gen.get_state(), "rng.aug0": aug_gen.get_state(),
+                           "rng.torch": torch.get_rng_state()}
                 meta = {"fingerprint": fingerprint, "epoch": epoch, "step": step, "elapsed": elapsed,
                         "history": history, "best": best, "optim": opt_meta,
                         "plateau": plateau.state_dict() if plateau is not None else None}

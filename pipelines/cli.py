@@ -78,11 +78,32 @@ def prepare(
     run(cfg, out)
 
 
+DataOpt = Annotated[Path, typer.Option("--data", help="Prepared data folder.")]
+
+
+@app.command("train-judge")
+@user_errors
+def train_judge(
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data/prepared"),
+    out: Annotated[Path, typer.Option(help="Judge output folder.")] = Path("models/judge"),
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = Path("metrics/judge.json"),
+) -> None:
+    """Train the judge on real train (params `judge`), calibrate it on val; report on test."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.prepared_data import load_prepared
+    from pipelines.train_judge import run_train_judge
+
+    cfg = load_section("judge", params)
+    run_train_judge(cfg, load_prepared(data), out, metrics, live_dir=Path("dvclive/judge"))
+
+
 @app.command("train-classifier")
 @user_errors
 def train_classifier(
     params: ParamsOpt = Path("params.yaml"),
-    data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
+    data: DataOpt = Path("data/prepared"),
     out: Annotated[Path, typer.Option(help="Model output folder.")] = Path("models/classifier"),
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = Path("metrics/classifier.json"),
     section: Annotated[str, typer.Option(help="params.yaml section with the training config.")] = "classifier",
@@ -90,10 +111,29 @@ def train_classifier(
     """Train an expression classifier on real train, select on val, report on test with 95% CIs."""
     require_torchvision()
     from pipelines.config import load_section
+    from pipelines.prepared_data import load_prepared
     from pipelines.train_classifier import run_train_classifier
 
     cfg = load_section(section, params)
-    run_train_classifier(cfg, data, out, metrics, live_dir=Path("dvclive") / section)
+    run_train_classifier(cfg, load_prepared(data), out, metrics, live_dir=Path("dvclive") / out.name)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Option(help="A classifier saved by train-classifier or train-judge.")] = Path("models/classifier/model.safetensors"),
+    data: DataOpt = Path("data/prepared"),
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json, confusion.csv and confusion.png.")] = Path("reports/evaluate"),
+    classes: Annotated[str, typer.Option(help="Comma-separated expressions to restrict to (cross-dataset); default: those present.")] = "",
+    tta: Annotated[str, typer.Option(help="none | flip | flip_crops; default: the model's own setting.")] = "",
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+) -> None:
+    """Evaluate a saved classifier on any prepared split: metrics with 95% CIs, confusion matrix plot."""
+    require_torchvision()
+    from pipelines.evaluate import run_evaluate
+
+    run_evaluate(model, data, split, out, [c for c in classes.split(",") if c], tta or None, n_boot)
 
 
 def main() -> None:

@@ -1,9 +1,8 @@
-"""Stage `train_classifier`: train one expression classifier on the prepared real train split,
-select it on val, and report it on test (accuracy, macro-F1, per class, bootstrap 95% CIs)."""
+"""Stage `train_classifier`: train one expression classifier, select it on val, report it on test
+(accuracy, macro-F1, per class, bootstrap 95% CIs)."""
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -14,9 +13,9 @@ from rich.console import Console
 from classifiers.config import TrainConfig
 from classifiers.metrics import evaluate_predictions
 from classifiers.saved_model import save_classifier
-from classifiers.training import predict_proba, train_classifier
+from classifiers.training import TrainResult, is_main_process, predict_proba, train_classifier
 from pipelines import atomic
-from pipelines.prepared_data import load_prepared
+from pipelines.prepared_data import LabelledImages
 
 
 def hardware() -> dict:
@@ -27,44 +26,63 @@ def hardware() -> dict:
     return info
 
 
-def run_train_classifier(cfg: TrainConfig, data_dir: Path, out_dir: Path, metrics_path: Path,
-                         live_dir: Path | None = None, console: Console | None = None) -> dict:
-    console = console or Console(stderr=True)
-    data = load_prepared(data_dir)
-    live = None
-    if live_dir is not None:
-        from dvclive import Live
+def dvclive_logger(live_dir: Path | None):
+    """A per-epoch logging callback writing dvclive metrics and plots (and the Live to close)."""
+    if live_dir is None or not is_main_process():
+        return None, None
+    from dvclive import Live
 
-        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=False)
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=False)
 
     def log(row: dict, step: int) -> None:
-        if live is None:
-            return
-        for key in ("train_loss", "val_accuracy", "val_macro_f1", "val_nll", "lr"):
-            live.log_metric(f"train/{key}", row[key], plot=True)
         live.step = step
+        for key in ("train_loss", "val_accuracy", "val_macro_f1", "val_nll", "lr"):
+            live.log_metric(key, row[key], plot=True)
         live.next_step()
 
+    return live, log
+
+
+def fit_and_report(cfg: TrainConfig, train: LabelledImages, val: LabelledImages, test: LabelledImages,
+                   out_dir: Path, live_dir: Path | None = None, console: Console | None = None
+                   ) -> tuple[TrainResult, dict, torch.Tensor]:
+    """Train (resuming from out_dir/checkpoints), then evaluate the val-selected model on test."""
+    console = console or Console(stderr=True)
+    live, log = dvclive_logger(live_dir)
     t0 = time.perf_counter()
-    result = train_classifier(*data["train"], *data["val"], cfg, checkpoint_dir=out_dir / "checkpoints", log=log)
+    result = train_classifier(*train, *val, cfg, checkpoint_dir=out_dir / "checkpoints", log=log)
     wall = time.perf_counter() - t0
-    probs = predict_proba(result.model, data["test"].images, cfg)
-    test = evaluate_predictions(data["test"].labels, probs.argmax(1), seed=cfg.seed)
-    save_classifier(out_dir / "model.safetensors", result.model, cfg, best_epoch=result.best_epoch)
+    test_probs = predict_proba(result.model, test.images, cfg)
+    report = evaluate_predictions(test.labels, test_probs.argmax(1), seed=cfg.seed)
     metrics = {
-        "test": test,
+        "test": report,
         "val_at_best": result.best_val,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "train_minutes": round(result.train_seconds / 60, 2),
         "wall_minutes": round(wall / 60, 2),
         "stopped": result.stopped,
+        "n_train": len(train),
         "config": cfg.to_dict(),
         "hardware": hardware(),
     }
-    atomic.write_json(metrics_path, metrics)
     if live is not None:
         live.end()
-    console.print(f"test accuracy {test['accuracy']:.4f} (95% CI {test['accuracy_ci95'][0]:.4f}-{test['accuracy_ci95'][1]:.4f}), "
-                  f"macro-F1 {test['macro_f1']:.4f}; best epoch {result.best_epoch}, {metrics['train_minutes']} min training")
+    console.print(f"test accuracy {report['accuracy']:.4f} (95% CI {report['accuracy_ci95'][0]:.4f}-"
+                  f"{report['accuracy_ci95'][1]:.4f}), macro-F1 {report['macro_f1']:.4f}; best epoch "
+                  f"{result.best_epoch}/{len(result.history)}, {metrics['train_minutes']} min training")
+    return result, metrics, test_probs
+
+
+def run_train_classifier(cfg: TrainConfig, data: dict[str, LabelledImages], out_dir: Path, metrics_path: Path,
+                         live_dir: Path | None = None) -> dict:
+    result, metrics, test_probs = fit_and_report(cfg, data["train"], data["val"], data["test"], out_dir, live_dir)
+    if not is_main_process():
+        return metrics
+    save_classifier(out_dir / "model.safetensors", result.model, cfg, best_epoch=result.best_epoch)
+    torch_preds = {"test_probs": test_probs.contiguous()}
+    from classifiers.checkpoint import save_checkpoint
+
+    save_checkpoint(out_dir / "test_predictions.safetensors", torch_preds, {"labels": data["test"].labels.tolist()})
+    atomic.write_json(metrics_path, metrics)
     return metrics

@@ -1,0 +1,49 @@
+"""The judge: a real-data classifier, temperature-calibrated on val, used as the domain feature
+space and label-fidelity oracle by the generators' quality readings and the filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from classifiers.augment import preprocess
+from classifiers.config import TrainConfig
+from classifiers.saved_model import load_classifier, save_classifier
+
+
+class Judge:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, temperature: float = 1.0) -> None:
+        self.model, self.cfg, self.temperature = model.eval(), cfg, float(temperature)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Judge":
+        model, cfg, meta = load_classifier(path)
+        return cls(model.to(device), cfg, meta.get("temperature", 1.0))
+
+    def save(self, path: str | Path, **extra) -> None:
+        save_classifier(path, self.model, self.cfg, temperature=self.temperature, **extra)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _batches(self, images_uint8: torch.Tensor, batch_size: int):
+        for i in range(0, len(images_uint8), batch_size):
+            yield preprocess(images_uint8[i : i + batch_size], self.cfg.augment.equalize).to(self.device)
+
+    @torch.no_grad()
+    def logits(self, images_uint8: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Uncalibrated logits for uint8 images N x 1 x 48 x 48."""
+        out = [self.model(x).float().cpu() for x in self._batches(images_uint8, batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, 7)
+
+    @torch.no_grad()
+    def features(self, images_uint8: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Penultimate-layer features (N x feature_dim)."""
+        out = [self.model.features(x).float().cpu() for x in self._batches(images_uint8, batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.model.feature_dim)
+
+    def probabilities(self, images_uint8: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Calibrated class probabilities: softmax(logits / temperature)."""
+        return torch.softmax(self.logits(images_uint8, batch_size) / self.temperature, dim=1)

@@ -1,0 +1,1 @@
+"""Class-conditional face generators (GAN, diffusion). Nothing here yet: see the generators issue."""
