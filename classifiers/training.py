@@ -76,11 +76,11 @@ def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
     return (w / (w * counts).sum() * counts.sum()).float()  # mean weight over samples = 1
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def _lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up then cosine decay to 0, as a function of the fraction of training done."""
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
 def is_main_process() -> bool:
@@ -180,14 +180,26 @@ def train_classifier(
             else:
                 order = torch.randperm(n, generator=gen)
             loss_sum = torch.zeros((), device=device)
+            budget_hit, steps_done = False, 0
             for s in range(steps_per_epoch):
                 idx = order[s * cfg.batch_size + rank * local_batch : s * cfg.batch_size + (rank + 1) * local_batch]
                 xb = augment_batch(x_train[idx], cfg.augment, aug_gen)
                 xb = xb.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 yb = train_labels[idx].to(device, non_blocking=True)
+                progress_frac = step / total_steps
+                if cfg.max_minutes is not None:  # a time budget compresses the schedule so it still anneals
+                    used = (elapsed + time.perf_counter() - t0) / (60 * cfg.max_minutes)
+                    if world > 1:  # all ranks must stop at the same step
+                        used_t = torch.tensor([used], dtype=torch.float64)
+                        dist.all_reduce(used_t, op=dist.ReduceOp.MAX)
+                        used = float(used_t)
+                    if used >= 1:
+                        budget_hit = True
+                        break
+                    progress_frac = max(progress_frac, used)
                 if plateau is None:
                     for g in opt.param_groups:
-                        g["lr"] = cfg.lr * _lr_factor(step, total_steps, warmup)
+                        g["lr"] = cfg.lr * _lr_factor(progress_frac, warmup / total_steps)
                 elif step < warmup:
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * (step + 1) / warmup
@@ -198,8 +210,9 @@ def train_classifier(
                 opt.step()
                 loss_sum += loss.detach()
                 step += 1
+                steps_done += 1
                 bar.update(task, advance=1)
-            train_loss = float(loss_sum) / steps_per_epoch
+            train_loss = float(loss_sum) / max(1, steps_done)
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower lr")
 
@@ -223,7 +236,6 @@ def train_classifier(
                                          f"(best {best['val']['accuracy']:.3f})")
             if log is not None and rank == 0:
                 log(row, epoch + 1)
-            budget_hit = cfg.max_minutes is not None and (elapsed + epoch_s) / 60 > cfg.max_minutes
             if last_path is not None and rank == 0:
                 opt_tensors, opt_meta = ckpt.optimizer_state(opt)
                 tensors = {**ckpt.prefixed("model", model.state_dict()), **ckpt.prefixed("best", best_state or {}),
@@ -233,8 +245,8 @@ def train_classifier(
                         "history": history, "best": best, "optim": opt_meta,
                         "plateau": plateau.state_dict() if plateau is not None else None}
                 ckpt.save_checkpoint(last_path, tensors, meta)
-            if budget_hit and epoch + 1 < cfg.epochs:
-                stopped = f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}"
+            if budget_hit:
+                stopped = f"time budget of {cfg.max_minutes} min reached in epoch {epoch + 1}"
                 break
     if world > 1:
         dist.barrier()

@@ -115,7 +115,8 @@ def train_classifier(
     from pipelines.train_classifier import run_train_classifier
 
     cfg = load_section(section, params)
-    run_train_classifier(cfg, load_prepared(data), out, metrics, live_dir=Path("dvclive") / out.name)
+    run_train_classifier(cfg, load_prepared(data), out, metrics, live_dir=Path("dvclive") / out.name,
+                         plots_dir=Path("plots") / out.name)
 
 
 @app.command()

@@ -30,6 +30,17 @@ def restrict_to_classes(probs: torch.Tensor, labels: torch.Tensor, classes: list
     return remap[labels[keep]], sub.argmax(1)
 
 
+def write_confusion(out_dir: Path, names: list[str], y_true: torch.Tensor, y_pred: torch.Tensor, title: str) -> None:
+    """`confusion.csv` (actual,predicted rows for DVC's confusion template) and `confusion.png`."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((names[t], names[p]) for t, p in zip(y_true.tolist(), y_pred.tolist()))
+    atomic.write_text(out_dir / "confusion.csv", buf.getvalue())
+    cm = torch.bincount(y_true * len(names) + y_pred, minlength=len(names) ** 2).reshape(len(names), -1)
+    plot_confusion(cm.tolist(), names, out_dir / "confusion.png", title=title)
+
+
 def run_evaluate(model_path: Path, data_dir: Path, split: str, out_dir: Path, classes: list[str],
                  tta: str | None, n_boot: int = 1000) -> dict:
     if split not in SPLITS:
@@ -54,15 +65,8 @@ def run_evaluate(model_path: Path, data_dir: Path, split: str, out_dir: Path, cl
     report = evaluate_predictions(y_true, y_pred, num_classes=len(class_ids), n_boot=n_boot, class_names=names)
     report.update({"model": str(model_path), "data": str(data_dir), "split": split, "classes": names,
                    "tta": tta or cfg.tta})
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out_dir / "metrics.json", report)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["actual", "predicted"])
-    writer.writerows((names[t], names[p]) for t, p in zip(y_true.tolist(), y_pred.tolist()))
-    atomic.write_text(out_dir / "confusion.csv", buf.getvalue())
-    plot_confusion(report["confusion"], names, out_dir / "confusion.png",
-                   title=f"{model_path.parent.name} on {split}: acc {report['accuracy']:.3f}")
+    write_confusion(out_dir, names, y_true, y_pred, f"{model_path.parent.name} on {split}: acc {report['accuracy']:.3f}")
     _print(report)
     return report
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from classifiers.checkpoint import save_checkpoint
 from classifiers.config import TrainConfig
 from classifiers.metrics import evaluate_predictions
 from classifiers.saved_model import save_classifier
@@ -75,14 +76,17 @@ def fit_and_report(cfg: TrainConfig, train: LabelledImages, val: LabelledImages,
 
 
 def run_train_classifier(cfg: TrainConfig, data: dict[str, LabelledImages], out_dir: Path, metrics_path: Path,
-                         live_dir: Path | None = None) -> dict:
+                         live_dir: Path | None = None, plots_dir: Path | None = None) -> dict:
     result, metrics, test_probs = fit_and_report(cfg, data["train"], data["val"], data["test"], out_dir, live_dir)
     if not is_main_process():
         return metrics
     save_classifier(out_dir / "model.safetensors", result.model, cfg, best_epoch=result.best_epoch)
-    torch_preds = {"test_probs": test_probs.contiguous()}
-    from classifiers.checkpoint import save_checkpoint
-
-    save_checkpoint(out_dir / "test_predictions.safetensors", torch_preds, {"labels": data["test"].labels.tolist()})
+    save_checkpoint(out_dir / "test_predictions.safetensors", {"test_probs": test_probs, "labels": data["test"].labels}, {})
     atomic.write_json(metrics_path, metrics)
+    if plots_dir is not None:
+        from classifiers.labels import EXPRESSIONS
+        from pipelines.evaluate import write_confusion
+
+        write_confusion(plots_dir, list(EXPRESSIONS), data["test"].labels, test_probs.argmax(1),
+                        f"{cfg.arch} on test: acc {metrics['test']['accuracy']:.3f}")
     return metrics
