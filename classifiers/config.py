@@ -41,8 +41,8 @@ class TrainConfig(BaseModel):
     max_minutes: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
-    amp: bool = True  # bfloat16/float16 autocast on CUDA only
-    channels_last: bool = True  # CUDA only
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16; evaluation stays float32
+    channels_last: bool = True  # with CUDA or CPU autocast
 
     @field_validator("augment", mode="before")
     @classmethod
