@@ -1,0 +1,140 @@
+"""Stage `generate` (and the `fersynth generate` tool): a labelled synthetic dataset from a trained
+generator of either kind.
+
+How many per class: `per_class` (N each), `balance` (top every class up to the largest real class
+count) or `counts` (7 numbers). Image i, in file order, is drawn from z-seed
+`seed * 10_000_000 + i`, so with the generator file (its sha256 is in the manifest), its label and
+its seed any image can be regenerated exactly.
+
+Output folder (written atomically as a whole):
+  synthetic.safetensors   images uint8 N x 1 x 48 x 48, labels int64 N, seeds int64 N
+  manifest.json           generator kind, path and sha256, policy, per-class counts, seed rule and
+                          range, truncation / guidance scale
+  png/<expression>/<i>.png              (export_png) one grayscale PNG per image
+  synthetic_fer2013.csv                 (export_csv) FER2013 layout: emotion,pixels,Usage=Training
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+
+from classifiers.labels import EXPRESSIONS
+from generators.config import GenerateConfig
+from generators.sampling import file_sha256, load_sampler
+from pipelines import atomic
+from pipelines.errors import UserError
+from pipelines.prepared_data import LabelledImages, check_images
+
+SEED_STRIDE = 10_000_000  # images per generate seed: image i gets seed * SEED_STRIDE + i
+DATA_FILE = "synthetic.safetensors"
+CSV_FILE = "synthetic_fer2013.csv"
+
+
+def _as_list(real_train_counts: Sequence[int] | Mapping[str, int]) -> list[int]:
+    """7 counts in FER2013 order, from a list or a {expression: count} mapping (a prepared manifest's)."""
+    if isinstance(real_train_counts, Mapping):
+        return [int(real_train_counts.get(name, 0)) for name in EXPRESSIONS]
+    real = [int(c) for c in real_train_counts]
+    if len(real) != len(EXPRESSIONS):
+        raise ValueError(f"real_train_counts needs {len(EXPRESSIONS)} counts, got {len(real)}")
+    return real
+
+
+def class_counts(cfg: GenerateConfig, real_train_counts: Sequence[int] | Mapping[str, int]) -> list[int]:
+    """Images to generate per expression (FER2013 order) under the configured policy."""
+    real = _as_list(real_train_counts)
+    if cfg.policy == "per_class":
+        counts = [int(cfg.per_class)] * len(EXPRESSIONS)
+    elif cfg.policy == "balance":
+        counts = [max(real) - c for c in real]
+    else:
+        counts = list(cfg.counts)
+    if sum(counts) >= SEED_STRIDE:
+        raise UserError(f"generate: {sum(counts)} images asked for; at most {SEED_STRIDE - 1} per run (seed range)")
+    return counts
+
+
+def seeds_for(cfg: GenerateConfig, n: int) -> torch.Tensor:
+    return cfg.seed * SEED_STRIDE + torch.arange(n, dtype=torch.int64)
+
+
+def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_counts: Sequence[int] | Mapping[str, int],
+                 out_dir: Path = Path("data/synthetic"), progress: bool = True) -> dict:
+    """Draw the synthetic set and write it (and the exports) to out_dir atomically; returns the manifest."""
+    generator_path = Path(generator_path)
+    sampler = load_sampler(generator_path)
+    counts = class_counts(gen_cfg, real_train_counts)
+    labels = torch.repeat_interleave(torch.arange(len(EXPRESSIONS)), torch.tensor(counts, dtype=torch.int64))
+    seeds = seeds_for(gen_cfg, len(labels))
+    knob = {"truncation": gen_cfg.truncation} if sampler.kind == "gan" else {"guidance_scale": gen_cfg.guidance_scale}
+
+    images = torch.empty(len(labels), 1, 48, 48, dtype=torch.uint8)
+    chunk = max(gen_cfg.batch_size, 1)
+    bar = Progress(TextColumn("generate"), BarColumn(), TextColumn("{task.completed}/{task.total} images"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress)
+    with bar:
+        task = bar.add_task("generate", total=len(labels))
+        for start in range(0, len(labels), chunk):
+            end = min(start + chunk, len(labels))
+            images[start:end] = sampler.sample(labels[start:end], seeds[start:end], batch_size=chunk, **knob)
+            bar.update(task, advance=end - start)
+    check_images(images, labels)
+
+    manifest = {
+        "kind": sampler.kind,
+        "generator": str(generator_path),
+        "generator_sha256": file_sha256(generator_path),
+        "policy": gen_cfg.policy,
+        "counts": dict(zip(EXPRESSIONS, counts)),
+        "total": len(labels),
+        "real_train_counts": dict(zip(EXPRESSIONS, _as_list(real_train_counts))),
+        "seeds": {"rule": f"image i (file order) has z-seed {gen_cfg.seed} * {SEED_STRIDE} + i",
+                  "first": int(seeds[0]) if len(seeds) else None, "last": int(seeds[-1]) if len(seeds) else None},
+        **knob,
+        "config": gen_cfg.to_dict(),
+        "files": [DATA_FILE] + (["png/"] if gen_cfg.export_png else []) + ([CSV_FILE] if gen_cfg.export_csv else []),
+    }
+    with atomic.atomic_dir(out_dir) as tmp:
+        save_file({"images": images.contiguous(), "labels": labels.contiguous(), "seeds": seeds.contiguous()},
+                  str(tmp / DATA_FILE))
+        if gen_cfg.export_png:
+            export_png(images, labels, tmp / "png")
+        if gen_cfg.export_csv:
+            export_csv(images, labels, tmp / CSV_FILE)
+        atomic.write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def export_png(images: torch.Tensor, labels: torch.Tensor, root: Path) -> None:
+    """<root>/<expression>/<i>.png, i the image's index in the dataset (its seed is seed * stride + i)."""
+    from PIL import Image
+
+    for name in EXPRESSIONS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    width = max(7, len(str(len(labels))))
+    for i, (image, label) in enumerate(zip(images[:, 0].numpy(), labels.tolist())):
+        Image.fromarray(image).save(root / EXPRESSIONS[label] / f"{i:0{width}d}.png")
+
+
+def export_csv(images: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
+    """FER2013 layout: `emotion,pixels,Usage`, pixels space-separated row-major, Usage=Training."""
+    with open(path, "w", newline="\n") as f:
+        f.write("emotion,pixels,Usage\n")
+        for image, label in zip(images.reshape(len(images), -1).tolist(), labels.tolist()):
+            f.write(f"{label},{' '.join(map(str, image))},Training\n")
+
+
+def load_synthetic(directory: str | Path = "data/synthetic") -> tuple[LabelledImages, torch.Tensor]:
+    """(images + labels, seeds) of a generated set."""
+    path = Path(directory) / DATA_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: synthetic set not found; run `fersynth generate` (dvc repro generate) first")
+    tensors = load_file(str(path))
+    data = LabelledImages(tensors["images"], tensors["labels"])
+    check_images(*data)
+    return data, tensors["seeds"]

@@ -1,0 +1,141 @@
+"""`generate`: policies, the output format and manifest, exact regeneration, PNG and CSV exports,
+atomic output, and both generator kinds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import pipelines.generate as generate
+from classifiers.labels import EXPRESSIONS
+from generators.config import GanConfig, GenerateConfig
+from generators.gan_training import train_gan
+from generators.sampling import load_sampler, save_generator
+from pipelines.errors import UserError
+from pipelines.generate import class_counts, load_synthetic, run_generate
+from pipelines.sources.demo_faces import draw_demo_faces
+
+TINY = dict(z_dim=16, g_channels=[16, 16, 8, 8], judge_guidance=0.0, d_kind="plain", d_channels=[8, 8, 16, 16], batch_size=8, steps=3,
+            sample_every=1000, quality_every=1000, threads=1, device="cpu")
+REAL = [40, 5, 30, 50, 30, 20, 35]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gan_path(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    images, labels = draw_demo_faces(12, seed=2)
+    result = train_gan(images, labels, GanConfig(**TINY), progress=False)
+    path = tmp_path_factory.mktemp("gan") / "generator.safetensors"
+    save_generator(path, result.generator, GanConfig(**TINY), steps=result.steps)
+    return path
+
+
+def test_policies_give_the_asked_counts():
+    assert class_counts(GenerateConfig(policy="per_class", per_class=3), REAL) == [3] * 7
+    assert class_counts(GenerateConfig(policy="balance"), REAL) == [10, 45, 20, 0, 20, 30, 15]
+    assert class_counts(GenerateConfig(policy="balance"), dict(zip(EXPRESSIONS, REAL))) == [10, 45, 20, 0, 20, 30, 15]
+    assert class_counts(GenerateConfig(policy="counts", counts=[1, 2, 3, 4, 5, 6, 7]), REAL) == [1, 2, 3, 4, 5, 6, 7]
+    with pytest.raises(ValidationError, match="counts"):
+        GenerateConfig(policy="counts")
+    with pytest.raises(ValidationError, match="counts"):
+        GenerateConfig(policy="counts", counts=[1, 2])
+    with pytest.raises(ValidationError, match="nope"):
+        GenerateConfig(nope=1)
+    with pytest.raises(UserError, match="at most"):
+        class_counts(GenerateConfig(policy="per_class", per_class=2_000_000), REAL)
+
+
+def test_generate_per_class_writes_dataset_manifest_and_regenerates_exactly(gan_path, tmp_path):
+    out = tmp_path / "synthetic"
+    cfg = GenerateConfig(policy="per_class", per_class=4, seed=3, truncation=1.5, batch_size=8)
+    manifest = run_generate(cfg, gan_path, REAL, out, progress=False)
+    data, seeds = load_synthetic(out)
+    assert len(data) == 28 and torch.equal(torch.bincount(data.labels, minlength=7), torch.full((7,), 4))
+    assert torch.equal(seeds, 30_000_000 + torch.arange(28))
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["kind"] == "gan" and manifest["truncation"] == 1.5 and manifest["total"] == 28
+    assert manifest["generator_sha256"] == hashlib.sha256(gan_path.read_bytes()).hexdigest()
+    assert manifest["counts"]["disgust"] == 4 and manifest["seeds"]["first"] == 30_000_000
+    # any image comes back from (generator file, label, seed) alone
+    sampler = load_sampler(gan_path)
+    for i in (0, 13, 27):
+        again = sampler.sample(data.labels[i : i + 1], seeds[i : i + 1], truncation=1.5)
+        assert torch.equal(again[0], data.images[i])
+    assert not (out / "png").exists() and not (out / generate.CSV_FILE).exists()
+
+
+def test_balance_policy_with_png_and_csv_exports(gan_path, tmp_path):
+    out = tmp_path / "synthetic"
+    cfg = GenerateConfig(policy="balance", export_png=True, export_csv=True, batch_size=64)
+    manifest = run_generate(cfg, gan_path, dict(zip(EXPRESSIONS, REAL)), out, progress=False)
+    data, seeds = load_synthetic(out)
+    want = [max(REAL) - c for c in REAL]
+    assert torch.bincount(data.labels, minlength=7).tolist() == want == list(manifest["counts"].values())
+
+    from PIL import Image
+    import numpy as np
+
+    for c, name in enumerate(EXPRESSIONS):
+        files = sorted((out / "png" / name).glob("*.png"))
+        assert len(files) == want[c]
+    i = int((data.labels == 1).nonzero()[3])
+    with Image.open(out / "png" / "disgust" / f"{i:07d}.png") as im:
+        assert im.mode == "L" and torch.equal(torch.from_numpy(np.array(im)), data.images[i, 0])
+
+    lines = (out / generate.CSV_FILE).read_text().splitlines()
+    assert lines[0] == "emotion,pixels,Usage" and len(lines) == 1 + len(data)
+    for i in (0, len(data) // 2, len(data) - 1):
+        emotion, pixels, usage = lines[1 + i].split(",")
+        assert usage == "Training" and int(emotion) == int(data.labels[i])
+        row = torch.tensor([int(p) for p in pixels.split(" ")], dtype=torch.uint8).view(1, 48, 48)
+        assert torch.equal(row, data.images[i])
+
+
+def test_output_is_atomic_and_errors_are_user_errors(gan_path, tmp_path, monkeypatch):
+    out = tmp_path / "synthetic"
+    run_generate(GenerateConfig(per_class=1), gan_path, REAL, out, progress=False)
+    before = (out / "manifest.json").read_text()
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(generate, "export_csv", broken)
+    with pytest.raises(RuntimeError):
+        run_generate(GenerateConfig(per_class=2, export_csv=True), gan_path, REAL, out, progress=False)
+    assert (out / "manifest.json").read_text() == before  # the old complete output is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]  # no temporary leftovers
+    with pytest.raises(UserError, match="not found"):
+        run_generate(GenerateConfig(per_class=1), tmp_path / "missing.safetensors", REAL, tmp_path / "x", progress=False)
+    with pytest.raises(UserError, match="not found"):
+        load_synthetic(tmp_path / "nowhere")
+
+
+def test_generate_with_a_diffusion_generator(tmp_path):
+    diffusion = pytest.importorskip("generators.diffusion")
+    cfg = diffusion.DiffusionConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
+                                    attention_head_dim=8, num_inference_steps=2, sample_unet_batch=8, device="cpu")
+    torch.manual_seed(0)
+    path = tmp_path / "generator.safetensors"
+    diffusion.save_diffusion_sampler(path, diffusion.build_unet(cfg).eval(), cfg)
+    out = tmp_path / "synthetic"
+    manifest = run_generate(GenerateConfig(policy="counts", counts=[1, 0, 0, 2, 0, 0, 1], guidance_scale=1.5),
+                            path, REAL, out, progress=False)
+    data, seeds = load_synthetic(out)
+    assert manifest["kind"] == "diffusion" and manifest["guidance_scale"] == 1.5 and "truncation" not in manifest
+    assert data.labels.tolist() == [0, 3, 3, 6] and data.images.dtype == torch.uint8
+    again = load_sampler(path).sample(data.labels[2:3], seeds[2:3], guidance_scale=1.5)
+    assert torch.equal(again[0], data.images[2])
