@@ -184,15 +184,16 @@ def _affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
     """Same result as F.affine_grid(theta, (N, C, h, w), align_corners=False), built by broadcasting.
 
     F.affine_grid does a batched (HW x 3) @ (3 x 2) matmul that costs ~3-5 ms per 256 48x48 images
-    on a 2-core CPU; this costs ~0.5 ms.
+    on a 2-core CPU; two broadcast adds written straight into the grid cost ~0.5 ms.
     """
     theta = theta.to(torch.float32)
     xs = ((torch.arange(w, device=theta.device, dtype=torch.float32) * 2 + 1) / w - 1).view(1, 1, w)
     ys = ((torch.arange(h, device=theta.device, dtype=torch.float32) * 2 + 1) / h - 1).view(1, h, 1)
-    t = theta.view(-1, 6, 1, 1)
-    gx = t[:, 0] * xs + (t[:, 1] * ys + t[:, 2])
-    gy = t[:, 3] * xs + (t[:, 4] * ys + t[:, 5])
-    return torch.stack([gx, gy], dim=-1)
+    t = theta.reshape(-1, 6, 1, 1)
+    grid = torch.empty(theta.shape[0], h, w, 2, device=theta.device, dtype=torch.float32)
+    torch.add(t[:, 0] * xs, t[:, 1] * ys + t[:, 2], out=grid[..., 0])  # x_in = a x + b y + tx
+    torch.add(t[:, 3] * xs, t[:, 4] * ys + t[:, 5], out=grid[..., 1])  # y_in = c x + d y + ty
+    return grid
 
 
 def _shift_flip(x: Tensor, u: Tensor, cfg: AugmentConfig) -> Tensor:
