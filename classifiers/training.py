@@ -177,6 +177,8 @@ def train_classifier(
             history, best = meta["history"], meta["best"]
             if rank == 0:
                 print(f"resuming from {last_path} at epoch {start_epoch + 1}/{cfg.epochs}", flush=True)
+                for row in history if log is not None else ():  # the logger starts fresh: replay the curves
+                    log(row, row["epoch"])
 
     stopped = "completed"
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),

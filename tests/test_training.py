@@ -32,15 +32,23 @@ def test_resume_after_interrupt_continues_exactly(tmp_path, demo):
     cfg = TrainConfig(**TINY)
     straight = train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "a", progress=False)
 
+    first_rows = []
+
     def interrupt_at_epoch_2(row, epoch):
+        first_rows.append(row)
         if epoch == 2:
             raise Interrupt  # like a kill during epoch 2: the epoch-1 checkpoint is on disk
     with pytest.raises(Interrupt):
         train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=interrupt_at_epoch_2, progress=False)
-    seen = []
-    resumed = train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=lambda r, e: seen.append(e), progress=False)
-    assert seen == [2, 3], "the resumed run must start at epoch 2, not from scratch"
+    seen, rows = [], []
+    resumed = train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b",
+                               log=lambda r, e: (seen.append(e), rows.append(r)), progress=False)
+    assert seen == [1, 2, 3], "the resumed run replays epoch 1 to the logger, then trains from epoch 2"
+    assert rows[0] == first_rows[0], "epoch 1 must come from the checkpoint (same timing), not be retrained"
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    seen.clear()
+    again = train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=lambda r, e: seen.append(e), progress=False)
+    assert seen == [1, 2, 3] and len(again.history) == 3, "a finished run resumes to its end and replays its curves"
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
     assert resumed.best_val == straight.best_val
