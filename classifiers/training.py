@@ -98,6 +98,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def setup_training(device_name: str, threads: int | None) -> tuple[int, int, torch.device]:
+    """(rank, world, device) for this process: joins the torchrun group if there is one, picks the
+    rank's GPU, and splits the CPU threads between the ranks on CPU."""
+    rank, world = _distributed()
+    device = resolve_device(device_name)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
+    return rank, world, device
+
+
 def _distributed() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -117,13 +130,7 @@ def train_classifier(
     log: Callable[[dict, int], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    rank, world = _distributed()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    rank, world, device = setup_training(cfg.device, cfg.threads)
     torch.manual_seed(cfg.seed)
     model = model_from_config(cfg).to(device)
     amp = use_amp(cfg, device)

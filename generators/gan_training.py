@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from classifiers import checkpoint as ckpt
 from classifiers.labels import EXPRESSIONS
-from classifiers.training import _distributed, resolve_device
+from classifiers.training import setup_training
 from generators.config import GanConfig
 from generators.diffaugment import diff_augment, parse_policy
 from generators.gan_networks import Generator, build_discriminator, build_generator, judge_logits
@@ -118,13 +118,7 @@ def train_gan(
     `judge` (a `classifiers.judge.Judge`) supplies the projected D's features, the optional guidance
     term and the quality readings; it is needed for d_kind "projected" and for judge_guidance > 0.
     """
-    rank, world = _distributed()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    rank, world, device = setup_training(cfg.device, cfg.threads)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
     if judge is None and (cfg.d_kind == "projected" or cfg.judge_guidance > 0):

@@ -16,6 +16,7 @@ from classifiers.metrics import evaluate_predictions
 from classifiers.saved_model import save_classifier
 from classifiers.training import TrainResult, is_main_process, predict_proba, train_classifier
 from pipelines import atomic
+from pipelines.live import dvclive_logger
 from pipelines.prepared_data import LabelledImages
 
 
@@ -25,23 +26,6 @@ def hardware() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def dvclive_logger(live_dir: Path | None):
-    """A per-epoch logging callback writing dvclive metrics and plots (and the Live to close)."""
-    if live_dir is None or not is_main_process():
-        return None, None
-    from dvclive import Live
-
-    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=False)
-
-    def log(row: dict, step: int) -> None:
-        live.step = step
-        for key in ("train_loss", "val_accuracy", "val_macro_f1", "val_nll", "lr"):
-            live.log_metric(key, row[key], plot=True)
-        live.next_step()
-
-    return live, log
 
 
 def fit_and_report(cfg: TrainConfig, train: LabelledImages, val: LabelledImages, test: LabelledImages,

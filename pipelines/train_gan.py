@@ -17,6 +17,7 @@ import torchvision
 from rich.console import Console
 
 from classifiers.judge import Judge
+from pipelines.live import dvclive_logger
 from classifiers.labels import EXPRESSIONS
 from classifiers.training import is_main_process
 from generators.config import GeneratorConfig
@@ -48,24 +49,6 @@ def save_grid(images_uint8: torch.Tensor, path: Path) -> None:
     grid = torch.nn.functional.interpolate(grid[None], scale_factor=GRID_UPSCALE, mode="nearest")[0]
     with atomic.atomic_path(path) as tmp:
         torchvision.utils.save_image(grid, tmp, format="PNG")
-
-
-def dvclive_logger(live_dir: Path | None):
-    """A logging callback that writes every numeric key of a row as a dvclive metric."""
-    if live_dir is None or not is_main_process():
-        return None, None
-    from dvclive import Live
-
-    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=False)
-
-    def log(row: dict, step: int) -> None:
-        live.step = step
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
-                live.log_metric(key, value, plot=True)
-        live.next_step()
-
-    return live, log
 
 
 def _train(gen_cfg: GeneratorConfig, images: torch.Tensor, labels: torch.Tensor, judge: Judge | None,
