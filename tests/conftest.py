@@ -14,6 +14,17 @@ FER2013 = Path(os.environ.get("FERSYNTH_FER2013", REPO.parent / "shared" / "data
 needs_fer2013 = pytest.mark.skipif(not FER2013.is_file(), reason=f"FER2013 not found at {FER2013} (set FERSYNTH_FER2013)")
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (tiny models), restoring the caller's setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fer_rows() -> dict[str, list[tuple[str, str]]]:
     """A slice of real FER2013 rows per Usage: {usage: [(emotion, pixels), ...]} (70 per class-ish)."""

@@ -33,12 +33,7 @@ TINY = dict(patch_size=1, block_out_channels=(8, 16, 16), layers_per_block=1, no
             sample_every=1000, quality_every=1000, sample_unet_batch=8, threads=1, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,7 @@ def tiny(**over) -> GanConfig:
     return GanConfig(**{**TINY, **over})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is fastest
 
 
 @pytest.fixture(scope="module")

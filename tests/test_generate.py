@@ -25,12 +25,7 @@ TINY = dict(z_dim=16, g_channels=[16, 16, 8, 8], judge_guidance=0.0, d_kind="pla
 REAL = [40, 5, 30, 50, 30, 20, 35]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is fastest
 
 
 @pytest.fixture(scope="module")
