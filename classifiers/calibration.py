@@ -34,7 +34,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     conf, pred = probs.max(1)
     correct = (pred == labels).double()
     bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
-    count = torch.bincount(bins, minlength=n_bins).double()
     conf_sum = torch.bincount(bins, weights=conf.double(), minlength=n_bins)
     acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
     return float((conf_sum - acc_sum).abs().sum() / max(1, len(labels)))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
