@@ -137,6 +137,136 @@ def evaluate(
     run_evaluate(model, data, split, out, [c for c in classes.split(",") if c], tta or None, n_boot)
 
 
+@app.command("train-gan")
+@user_errors
+def train_gan(
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data/prepared"),
+    judge: Annotated[Path, typer.Option(help="The judge (projected discriminator, guidance, quality readings).")] = Path("models/judge/model.safetensors"),
+    no_judge: Annotated[bool, typer.Option("--no-judge", help="Train without the judge (needs d_kind plain, guidance 0).")] = False,
+    out: Annotated[Path, typer.Option(help="Generator output folder.")] = Path("models/generator"),
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = Path("metrics/generator.json"),
+) -> None:
+    """Train the class-conditional generator (params `generator`: kind gan or diffusion); resumes if killed."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.train_gan import run_train_gan
+
+    cfg = load_section("generator", params)
+    run_train_gan(cfg, data, None if no_judge else judge, out, live_dir=Path("dvclive/generator"), metrics_path=metrics)
+
+
+@app.command()
+@user_errors
+def generate(
+    params: ParamsOpt = Path("params.yaml"),
+    generator: Annotated[Path, typer.Option(help="Generator saved by train-gan.")] = Path("models/generator/generator.safetensors"),
+    data: Annotated[Path, typer.Option("--data", help="Prepared real data (its train counts drive the 'balance' policy).")] = Path("data/prepared"),
+    out: Annotated[Path, typer.Option(help="Output folder for the synthetic set.")] = Path("data/synthetic"),
+) -> None:
+    """Draw a labelled synthetic dataset (params `generate`); every image records its label and seed."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.generate import run_generate
+    from pipelines.prepared_data import load_manifest
+
+    cfg = load_section("generate", params)
+    manifest = run_generate(cfg, generator, load_manifest(data)["counts"]["train"], out)
+    typer.echo(f"generated {manifest['total']} images ({manifest['kind']}) -> {out}")
+
+
+JudgeOpt = Annotated[Path, typer.Option("--judge", help="The judge trained by train-judge.")]
+
+
+@app.command("filter")
+@user_errors
+def filter_(
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data/prepared"),
+    synthetic: Annotated[Path, typer.Option(help="Generated set (fersynth generate).")] = Path("data/synthetic"),
+    judge: JudgeOpt = Path("models/judge/model.safetensors"),
+    out: Annotated[Path, typer.Option(help="Folder for the kept set and manifest.csv.")] = Path("data/filtered"),
+    metrics: Annotated[Path, typer.Option(help="quality.json to write.")] = Path("metrics/quality.json"),
+    plots: Annotated[Path, typer.Option(help="Folder for the contact sheets.")] = Path("plots/quality"),
+) -> None:
+    """Score every synthetic face (label fidelity, realism, memorization, duplicates), keep the good ones."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.filter import run_filter
+
+    run_filter(load_section("filter", params), data, synthetic, judge, out, metrics, plots)
+
+
+@app.command()
+@user_errors
+def quality(
+    synthetic: Annotated[Path, typer.Option(help="A synthetic set (data/synthetic or data/filtered).")] = Path("data/filtered"),
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data/prepared"),
+    judge: JudgeOpt = Path("models/judge/model.safetensors"),
+    out: Annotated[Path | None, typer.Option(help="Also write the metrics to this JSON file.")] = None,
+    classifier: Annotated[Path | None, typer.Option(help="Also a GAN-test by this classifier (one the generator never saw).")] = None,
+) -> None:
+    """Set-level quality of a synthetic set against real train: FID/KID, precision/recall, density/coverage, GAN-test."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.quality_report import run_quality
+
+    run_quality(load_section("filter", params), data, synthetic, judge, out, classifier)
+
+
+@app.command()
+@user_errors
+def export(
+    out: Annotated[Path, typer.Option(help="Folder to write the publishable dataset to.")],
+    filtered: Annotated[Path, typer.Option(help="Filtered set (the filter stage's output).")] = Path("data/filtered"),
+    quality_json: Annotated[Path, typer.Option("--quality", help="quality.json of that set.")] = Path("metrics/quality.json"),
+    params: ParamsOpt = Path("params.yaml"),
+    generator: Annotated[Path, typer.Option(help="The generator that made the set.")] = Path("models/generator/generator.safetensors"),
+    data: DataOpt = Path("data/prepared"),
+) -> None:
+    """Write the kept synthetic faces as an image folder and a FER2013-format CSV, with a datasheet."""
+    from pipelines.export_dataset import run_export
+
+    run_export(filtered, quality_json, params, generator, data, out)
+
+
+@app.command("train-mix")
+@user_errors
+def train_mix(
+    arm: Annotated[str, typer.Option(help="real | no_augment | synthetic_only | a synthetic:real ratio such as 0.5.")],
+    seed: Annotated[int, typer.Option(help="Training seed (replaces classifier.seed).")] = 0,
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data/prepared"),
+    synthetic: Annotated[Path | None, typer.Option(help="Synthetic set; default from ablation.synthetic (data/filtered or data/synthetic).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder; default runs/<arm>/s<seed>.")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON; default metrics/ablation/<arm>_s<seed>.json.")] = None,
+) -> None:
+    """Train one ablation arm (real, no augmentation, real+synthetic at a ratio, or synthetic only) for one seed."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.train_mix import arm_label, parse_arm, run_train_mix
+
+    clf_cfg = load_section("classifier", params)
+    abl_cfg = load_section("ablation", params)
+    name = arm_label(*parse_arm(arm))
+    run_train_mix(arm, seed, clf_cfg, abl_cfg, data, synthetic, out or Path("runs") / name / f"s{seed}",
+                  metrics or Path("metrics/ablation") / f"{name}_s{seed}.json")
+
+
+@app.command()
+@user_errors
+def report(
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="Report folder (index.html, summary.md, figures/).")] = Path("reports"),
+) -> None:
+    """Statistics over every ablation run (CIs over seeds, paired tests vs real only) and the HTML report."""
+    from pipelines.config import load_section
+    from pipelines.report import run_report
+
+    run_report(load_section("ablation", params), out_dir=out)
+
+
 def main() -> None:
     app(prog_name="fersynth")
 

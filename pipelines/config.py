@@ -58,9 +58,75 @@ class DataConfig(Section):
         return self
 
 
-from classifiers.config import TrainConfig  # noqa: E402
+class FilterConfig(Section):
+    """`filter:` — per-image filters of the synthetic faces (each switchable) and the quality readings."""
 
-SECTIONS: dict[str, type[BaseModel]] = {"data": DataConfig, "classifier": TrainConfig, "judge": TrainConfig}
+    label_fidelity: bool = True
+    label_tau: float = Field(0.5, ge=0, le=1)  # keep if the judge's calibrated p(conditioning label) >= tau
+    realism: bool = True
+    realism_tau: float = Field(0.7, ge=0)  # keep if realism score >= tau (>= 1: inside the real manifold)
+    realism_k: int = Field(3, ge=1)
+    realism_keep_radii: float = Field(0.5, gt=0, le=1)  # share of real k-NN balls used (smallest radii)
+    memorization: bool = True
+    memorization_quantile: float = Field(0.01, gt=0, lt=1)  # of real test -> real train NN distances
+    duplicates: bool = True  # synthetic near-duplicates of each other (same threshold)
+    degenerate: bool = True
+    min_std: float = Field(4.0, ge=0)  # pixel std below this: a flat image
+    max_saturated: float = Field(0.5, gt=0, le=1)  # share of 0/255 pixels above this: saturated
+    min_keep_fraction: float = Field(0.1, ge=0, le=1)  # per class; below it: warn and report
+    refill: bool = True  # ... and re-admit the class's best rejected images by label fidelity (never copies)
+    lpips: bool = True  # LPIPS for memorization and diversity when its backbone weights are on disk
+    lpips_top_k: int = Field(5, ge=1)  # LPIPS only on this shortlist from the feature-space k-NN
+    max_real_for_metrics: int = Field(10000, ge=100)
+    contact_per_class: int = Field(12, ge=1)
+    seed: int = 0
+
+
+class AblationConfig(Section):
+    """`ablation:` — the arms trained (DVC matrix stages over arm/ratio x seed) and their statistics."""
+
+    real_arms: list[Literal["real", "no_augment"]] = Field(default_factory=lambda: ["real", "no_augment"])
+    ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])  # synthetic count / real count, > 0
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    mode: Literal["proportional", "balance"] = "proportional"
+    synthetic: Literal["filtered", "raw"] = "filtered"  # the filter stage's kept set, or everything generated
+    selection_seed: int = 0  # which synthetic images each ratio uses (nested across ratios)
+    n_boot: int = Field(2000, ge=100)  # bootstrap resamples for CIs and paired differences
+
+    @field_validator("real_arms")
+    @classmethod
+    def _real(cls, v: list[str]) -> list[str]:
+        if "real" not in v or len(set(v)) != len(v):
+            raise ValueError("must list 'real' (the r = 0 arm every ratio is compared with), optionally 'no_augment'")
+        return v
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if not v or any(r <= 0 for r in v) or len(set(v)) != len(v):
+            raise ValueError("must list distinct ratios > 0 (r = 0 is the 'real' arm)")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must list one or more distinct seeds")
+        return v
+
+
+from classifiers.config import TrainConfig  # noqa: E402
+from generators.config import GenerateConfig, GeneratorConfig  # noqa: E402
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "data": DataConfig,
+    "classifier": TrainConfig,
+    "judge": TrainConfig,
+    "generator": GeneratorConfig,
+    "generate": GenerateConfig,
+    "filter": FilterConfig,
+    "ablation": AblationConfig,
+}
 
 
 def _format_error(path: Path, section: str, err: ValidationError) -> str:

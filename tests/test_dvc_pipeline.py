@@ -1,4 +1,5 @@
-"""The DVC pipeline: a second `dvc repro` reruns nothing; a classifier-only change reruns only the classifier."""
+"""The whole DVC pipeline on tiny demo data: it runs to the report, a second `dvc repro` reruns nothing,
+and a classifier-only change retrains only the ablation's classifiers (not the judge, GAN or filter)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ TINY = {
     "data": {"source": "demo", "demo_per_class": [30, 15, 30, 30, 30, 30, 30]},
     "judge": {"arch": "compact_cnn", "width": 0.25, "epochs": 1, "batch_size": 32, "tta": "none", "threads": 2},
     "classifier": {"arch": "compact_cnn", "width": 0.25, "epochs": 1, "batch_size": 32, "tta": "none", "threads": 2},
+    "generator": {"kind": "gan", "gan": {"z_dim": 16, "g_channels": [16, 16, 8, 8], "d_head_channels": 8, "batch_size": 8,
+                                         "steps": 4, "sample_every": 2, "quality_every": 2, "quality_samples": 14,
+                                         "checkpoint_every": 2, "threads": 2, "max_minutes": None}},
+    "generate": {"per_class": 12},
+    "filter": {"label_tau": 0.0, "realism_tau": 0.0},
+    "ablation": {"real_arms": ["real", "no_augment"], "ratios": [0.5, 1], "seeds": [0, 1], "n_boot": 200},
 }
 
 
@@ -35,7 +42,7 @@ def test_repro_is_incremental(tmp_path):
         if (REPO / rel).is_file():
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, tmp_path / rel)
-    for rel in ("dvc.yaml", "params.yaml", "pipelines", "classifiers", "generators"):  # the working tree under test
+    for rel in ("dvc.yaml", "params.yaml", "pipelines", "classifiers", "generators", "quality"):  # the working tree under test
         src, dst = REPO / rel, tmp_path / rel
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -43,7 +50,10 @@ def test_repro_is_incremental(tmp_path):
             shutil.copy2(src, dst)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     for section, values in TINY.items():
-        params[section] = {**params.get(section, {}), **values}
+        merged = {**params.get(section, {}), **values}
+        if section == "generator":
+            merged["gan"] = {**params[section].get("gan", {}), **values["gan"]}
+        params[section] = merged
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert _run(tmp_path, "git", "init", "-q").returncode == 0
     _run(tmp_path, "git", "add", "-A")
@@ -51,7 +61,12 @@ def test_repro_is_incremental(tmp_path):
 
     first = _run(tmp_path, "dvc", "repro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert (tmp_path / "metrics/classifier.json").is_file()
+    for stage_output in ("metrics/generator.json", "data/filtered/manifest.csv", "metrics/quality.json",
+                         "metrics/ablation/r0.5_s1.json", "metrics/ablation/synthetic_only_s0.json",
+                         "metrics/ablation.json", "reports/index.html", "reports/summary.md"):
+        assert (tmp_path / stage_output).is_file(), stage_output
+    page = (tmp_path / "reports/index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "http" not in page.split("<body>")[1]  # self-contained
     second = _run(tmp_path, "dvc", "repro")
     assert second.returncode == 0
     assert "Running stage" not in second.stdout, second.stdout
@@ -61,4 +76,5 @@ def test_repro_is_incremental(tmp_path):
     third = _run(tmp_path, "dvc", "repro")
     assert third.returncode == 0, third.stderr[-3000:]
     ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
-    assert "train_classifier" in ran and "prepare" not in ran and "train_judge" not in ran, third.stdout
+    assert {"train_real@real-0", "train_mix@0.5-1", "train_cas@0", "report"} <= ran, ran
+    assert not ran & {"prepare", "train_judge", "train_gan", "generate", "filter"}, ran

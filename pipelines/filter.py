@@ -1,0 +1,249 @@
+"""Stage `filter`: score every synthetic face, drop the bad ones, and measure the set before and after.
+
+Reads the generated set (data/synthetic), real train and test (data/prepared) and the judge.
+Writes, each atomically:
+  data/filtered/synthetic.safetensors   kept images, labels, seeds (the generate format)
+  data/filtered/manifest.csv            one row per synthetic image: id, label, seed, every score,
+                                        kept, and the first reason it was rejected
+  data/filtered/manifest.json           thresholds, distance used, counts
+  metrics/quality.json                  set-level metrics before and after filtering, rejections
+                                        per filter and class
+  plots/quality/kept_rejected.png       per expression: kept images, then rejected ones
+  plots/quality/nearest_pairs.png       the synthetic faces closest to a real training face, each
+                                        above its real neighbour
+Filters run in a fixed order and an image is charged to the first one it fails: degenerate,
+memorization, duplicate, label_fidelity, realism.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+import torchvision
+from rich.console import Console
+from safetensors.torch import save_file
+
+from classifiers.judge import Judge
+from classifiers.labels import EXPRESSIONS
+from generators.quality import gan_test
+from pipelines import atomic
+from pipelines.config import FilterConfig
+from pipelines.errors import UserError
+from pipelines.generate import DATA_FILE, load_synthetic
+from pipelines.prepared_data import LabelledImages, load_prepared
+from pipelines.train_gan import load_judge
+from quality import scores
+from quality.neighbours import knn
+from quality.perceptual import load_lpips
+from quality.set_metrics import set_metrics
+
+REASONS = ("degenerate", "memorization", "duplicate", "label_fidelity", "realism")
+
+
+def nearest_real(judge_feats_fake: torch.Tensor, judge_feats_real: torch.Tensor, fake_uint8: torch.Tensor,
+                 real_uint8: torch.Tensor, lpips_fn, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, index) of each fake image's nearest real image: a feature-space k-NN shortlist,
+    re-ranked by LPIPS on those top-k pairs only when LPIPS is available."""
+    d, idx = knn(judge_feats_fake, judge_feats_real, k=top_k if lpips_fn is not None else 1)
+    if lpips_fn is None:
+        return d[:, 0], idx[:, 0]
+    n, k = idx.shape
+    lp = lpips_fn(fake_uint8.repeat_interleave(k, 0), real_uint8[idx.flatten()]).reshape(n, k)
+    best = lp.argmin(1)
+    return lp.gather(1, best[:, None]).squeeze(1), idx.gather(1, best[:, None]).squeeze(1)
+
+
+def decide(cfg: FilterConfig, s: dict[str, torch.Tensor], threshold: float) -> tuple[torch.Tensor, list[str]]:
+    """Kept mask and first reason per image (`""` when kept), before any per-class refill."""
+    n = len(s["label_prob"])
+    failed = {
+        "degenerate": s["degenerate"] if cfg.degenerate else torch.zeros(n, dtype=torch.bool),
+        "memorization": (s["nn_real_dist"] < threshold) if cfg.memorization else torch.zeros(n, dtype=torch.bool),
+        "duplicate": s["duplicate"] if cfg.duplicates else torch.zeros(n, dtype=torch.bool),
+        "label_fidelity": (s["label_prob"] < cfg.label_tau) if cfg.label_fidelity else torch.zeros(n, dtype=torch.bool),
+        "realism": (s["realism"] < cfg.realism_tau) if cfg.realism else torch.zeros(n, dtype=torch.bool),
+    }
+    reason = [""] * n
+    for name in reversed(REASONS):  # the earliest filter in REASONS wins
+        for i in torch.nonzero(failed[name]).flatten().tolist():
+            reason[i] = name
+    kept = torch.tensor([r == "" for r in reason], dtype=torch.bool)
+    return kept, reason
+
+
+def refill(cfg: FilterConfig, labels: torch.Tensor, kept: torch.Tensor, reason: list[str],
+           label_prob: torch.Tensor, console: Console) -> tuple[torch.Tensor, dict]:
+    """Per class: warn when fewer than min_keep_fraction survive; optionally re-admit the best
+    label_fidelity / realism rejects (never degenerate images, copies or duplicates)."""
+    warnings = {}
+    kept = kept.clone()
+    for c, name in enumerate(EXPRESSIONS):
+        members = labels == c
+        n = int(members.sum())
+        if n == 0:
+            continue
+        need = int(torch.ceil(torch.tensor(cfg.min_keep_fraction * n)).item()) - int((kept & members).sum())
+        if need <= 0:
+            continue
+        msg = f"filter kept {int((kept & members).sum())}/{n} {name} images (< {cfg.min_keep_fraction:.0%})"
+        readmit = []
+        if cfg.refill:
+            soft = torch.tensor([r in ("label_fidelity", "realism") for r in reason], dtype=torch.bool)
+            pool = torch.nonzero(members & ~kept & soft).flatten()
+            readmit = pool[torch.argsort(label_prob[pool], descending=True, stable=True)[:need]].tolist()
+            for i in readmit:
+                kept[i] = True
+                reason[i] = f"refilled ({reason[i]})"
+            msg += f"; re-admitted {len(readmit)} by label fidelity"
+        console.print(f"[yellow]warning:[/] {msg}")
+        warnings[name] = msg
+    return kept, warnings
+
+
+def contact_sheet(images: torch.Tensor, labels: torch.Tensor, kept: torch.Tensor, per_class: int, path: Path) -> None:
+    """One row per expression: up to `per_class` kept faces, a blank, then up to `per_class` rejected."""
+    blank = torch.full((1, 48, 48), 255, dtype=torch.uint8)
+    tiles = []
+    for c in range(len(EXPRESSIONS)):
+        for group in (kept, ~kept):
+            idx = torch.nonzero((labels == c) & group).flatten()[:per_class]
+            row = [images[i] for i in idx.tolist()] + [blank] * (per_class - len(idx))
+            tiles.extend(row)
+            if group is kept:
+                tiles.append(blank)
+    grid = torchvision.utils.make_grid(torch.stack(tiles).float() / 255, nrow=2 * per_class + 1, padding=2, pad_value=1.0)
+    with atomic.atomic_path(path) as tmp:
+        torchvision.utils.save_image(grid[:1], tmp, format="PNG")
+
+
+def pairs_sheet(fake: torch.Tensor, real: torch.Tensor, path: Path) -> None:
+    """Synthetic faces (top row) above their nearest real training faces (bottom row)."""
+    if len(fake) == 0:
+        return
+    grid = torchvision.utils.make_grid(torch.cat([fake, real]).float() / 255, nrow=len(fake), padding=2, pad_value=1.0)
+    with atomic.atomic_path(path) as tmp:
+        torchvision.utils.save_image(grid[:1], tmp, format="PNG")
+
+
+def _manifest_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _quality(judge: Judge, real: LabelledImages, real_feats: torch.Tensor, fake: LabelledImages,
+             fake_feats: torch.Tensor, probs: torch.Tensor, cfg: FilterConfig, lpips_fn) -> dict:
+    out = set_metrics(real_feats, real.labels, fake_feats, fake.labels, cfg.max_real_for_metrics, cfg.seed)
+    if len(fake):
+        out["gan_test"] = gan_test(probs, fake.labels)
+    if lpips_fn is not None:
+        out["lpips_diversity"] = _lpips_diversity(lpips_fn, real, fake, cfg.seed)
+    return out
+
+
+def _lpips_diversity(lpips_fn, real: LabelledImages, fake: LabelledImages, seed: int, pairs: int = 200) -> dict:
+    """Mean LPIPS between random same-class pairs, synthetic vs real, per class."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for c, name in enumerate(EXPRESSIONS):
+        row = {}
+        for which, data in (("synthetic", fake), ("real", real)):
+            idx = torch.nonzero(data.labels == c).flatten()
+            if len(idx) < 2:
+                continue
+            a = idx[torch.randint(0, len(idx), (pairs,), generator=g)]
+            b = idx[torch.randint(0, len(idx), (pairs,), generator=g)]
+            ok = a != b
+            row[which] = round(float(lpips_fn(data.images[a[ok]], data.images[b[ok]]).mean()), 4)
+        out[name] = row
+    return out
+
+
+def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_path: Path,
+               out_dir: Path = Path("data/filtered"), metrics_path: Path = Path("metrics/quality.json"),
+               plots_dir: Path = Path("plots/quality")) -> dict:
+    console = Console(stderr=True)
+    real = load_prepared(data_dir)
+    (fake, seeds) = load_synthetic(synthetic_dir)
+    judge = load_judge(judge_path)
+    if len(fake) == 0:
+        raise UserError(f"{synthetic_dir}: the synthetic set is empty; check generate's counts in params.yaml")
+    lpips_fn, distance = load_lpips(cfg.lpips)
+    console.print(f"filter: {len(fake)} synthetic faces; memorization distance: {distance}")
+
+    train, test = real["train"], real["test"]
+    train_feats, test_feats = judge.features(train.images), judge.features(test.images)
+    fake_feats, probs = judge.features(fake.images), judge.probabilities(fake.images)
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    ref = torch.randperm(len(train), generator=g)[: cfg.max_real_for_metrics]
+    s: dict[str, torch.Tensor] = {
+        "label_prob": scores.label_fidelity(probs, fake.labels),
+        "judge_pred": probs.argmax(1),
+        "realism": scores.realism(fake_feats, train_feats[ref], cfg.realism_k, cfg.realism_keep_radii),
+        "degenerate": scores.degenerate(fake.images, cfg.min_std, cfg.max_saturated),
+    }
+    s["nn_real_dist"], s["nn_real_index"] = nearest_real(fake_feats, train_feats, fake.images, train.images,
+                                                         lpips_fn, cfg.lpips_top_k)
+    calib = torch.randperm(len(test), generator=g)[:2000]
+    feature_nn = knn(test_feats[calib], train_feats, 1)[0][:, 0]
+    feature_threshold = scores.memorization_threshold(feature_nn, cfg.memorization_quantile)
+    threshold = feature_threshold
+    if lpips_fn is not None:  # memorization in LPIPS, calibrated in LPIPS
+        test_nn, _ = nearest_real(test_feats[calib], train_feats, test.images[calib], train.images, lpips_fn, cfg.lpips_top_k)
+        threshold = scores.memorization_threshold(test_nn, cfg.memorization_quantile)
+    s["duplicate"], s["nn_synthetic_dist"] = scores.near_duplicates(fake_feats, feature_threshold)
+
+    kept, reason = decide(cfg, s, threshold)
+    kept, warnings = refill(cfg, fake.labels, kept, reason, s["label_prob"], console)
+    kept_set = fake.subset(torch.nonzero(kept).flatten())
+
+    rows = [{"id": i, "label": int(fake.labels[i]), "expression": EXPRESSIONS[int(fake.labels[i])], "seed": int(seeds[i]),
+             "label_prob": round(float(s["label_prob"][i]), 5), "judge_pred": EXPRESSIONS[int(s["judge_pred"][i])],
+             "realism": round(float(s["realism"][i]), 5), "nn_real_dist": round(float(s["nn_real_dist"][i]), 5),
+             "nn_real_index": int(s["nn_real_index"][i]), "nn_synthetic_dist": round(float(s["nn_synthetic_dist"][i]), 5),
+             "degenerate": bool(s["degenerate"][i]), "kept": bool(kept[i]), "reason": reason[i]}
+            for i in range(len(fake))]
+    rejected = {name: {e: 0 for e in EXPRESSIONS} for name in REASONS}
+    for r in rows:
+        if not r["kept"]:
+            rejected[r["reason"]][r["expression"]] += 1
+
+    console.print("filter: measuring the set before and after filtering")
+    before = _quality(judge, train, train_feats, fake, fake_feats, probs, cfg, lpips_fn)
+    after = _quality(judge, train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn)
+    per_class_kept = {e: int((kept & (fake.labels == c)).sum()) for c, e in enumerate(EXPRESSIONS)}
+    per_class_total = {e: int((fake.labels == c).sum()) for c, e in enumerate(EXPRESSIONS)}
+    quality = {
+        "feature_space": "judge penultimate features",
+        "memorization_distance": distance,
+        "memorization_threshold": round(threshold, 6),
+        "memorization_calibration": f"{cfg.memorization_quantile} quantile of real test -> real train nearest distances (exact copies excluded)",
+        "n_generated": len(fake), "n_kept": int(kept.sum()), "kept_fraction": round(float(kept.double().mean()), 4),
+        "kept_per_class": per_class_kept, "generated_per_class": per_class_total,
+        "rejected": {k: {"total": sum(v.values()), **v} for k, v in rejected.items()},
+        "copies_of_training_faces": int(sum(rejected["memorization"].values())),
+        "warnings": warnings,
+        "before": before, "after": after,
+        "config": cfg.model_dump(mode="json"),
+    }
+    summary = {k: quality[k] for k in ("n_generated", "n_kept", "kept_per_class", "memorization_threshold",
+                                       "memorization_distance", "rejected")}
+    with atomic.atomic_dir(out_dir) as tmp:
+        save_file({"images": kept_set.images.contiguous(), "labels": kept_set.labels.contiguous(),
+                   "seeds": seeds[kept].contiguous()}, str(tmp / DATA_FILE))
+        (tmp / "manifest.csv").write_text(_manifest_csv(rows))
+        atomic.write_json(tmp / "manifest.json", {**summary, "source": str(synthetic_dir), "config": quality["config"]})
+    contact_sheet(fake.images, fake.labels, kept, cfg.contact_per_class, plots_dir / "kept_rejected.png")
+    closest = torch.argsort(s["nn_real_dist"])[:16]
+    pairs_sheet(fake.images[closest], train.images[s["nn_real_index"][closest]], plots_dir / "nearest_pairs.png")
+    atomic.write_json(metrics_path, quality)
+    console.print(f"filter: kept {quality['n_kept']}/{len(fake)}; GAN-test {before.get('gan_test', {}).get('overall')} -> "
+                  f"{after.get('gan_test', {}).get('overall')}; precision {before.get('precision')} -> {after.get('precision')}, "
+                  f"coverage {before.get('coverage')} -> {after.get('coverage')}")
+    return quality

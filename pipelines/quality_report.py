@@ -1,0 +1,76 @@
+"""`fersynth quality`: set-level metrics of any synthetic set against real train, printed as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from classifiers.labels import EXPRESSIONS
+from pipelines import atomic
+from pipelines.config import FilterConfig
+from pipelines.filter import _quality
+from pipelines.generate import load_synthetic
+from pipelines.prepared_data import load_prepared
+from pipelines.train_gan import load_judge
+from quality.perceptual import load_lpips
+
+METRIC_NOTES = {
+    "fid": "Frechet distance of judge features (lower = closer to real)",
+    "kid": "kernel distance of judge features, unbiased (lower = closer; ~0 = same distribution)",
+    "precision": "share of synthetic faces inside the real manifold (realism)",
+    "recall": "share of real faces inside the synthetic manifold (variety)",
+    "density": "how densely synthetic faces sit among real ones (1 ~ like real)",
+    "coverage": "share of real neighbourhoods holding a synthetic face (drops if only easy faces are kept)",
+}
+
+
+def independent_gan_test(classifier_path: Path, images, labels) -> dict:
+    """GAN-test by a classifier the generator never saw (the judge guides the GAN, so its own
+    GAN-test flatters it): e.g. a model from `train-classifier`."""
+    from classifiers.saved_model import load_classifier
+    from classifiers.training import predict_proba
+    from generators.quality import gan_test
+
+    if not Path(classifier_path).is_file():
+        from pipelines.errors import UserError
+
+        raise UserError(f"{classifier_path}: classifier not found; pass a model.safetensors from train-classifier")
+    model, clf_cfg, _ = load_classifier(classifier_path)
+    return gan_test(predict_proba(model, images, clf_cfg), labels)
+
+
+def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_path: Path, out: Path | None,
+                classifier: Path | None = None) -> dict:
+    judge = load_judge(judge_path)
+    train = load_prepared(data_dir)["train"]
+    fake, _ = load_synthetic(synthetic_dir)
+    lpips_fn, distance = load_lpips(cfg.lpips)
+    metrics = _quality(judge, train, judge.features(train.images), fake, judge.features(fake.images),
+                       judge.probabilities(fake.images), cfg, lpips_fn)
+    metrics["diversity_distance"] = distance
+    if classifier is not None:
+        metrics["gan_test_independent"] = {"classifier": str(classifier), **independent_gan_test(classifier, fake.images, fake.labels)}
+    table = Table(title=f"quality of {synthetic_dir} ({metrics['n_synthetic']} images) vs real train")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("meaning")
+    for key, note in METRIC_NOTES.items():
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.4g}", note)
+    if "gan_test" in metrics:
+        table.add_row("GAN-test", f"{metrics['gan_test']['overall']:.3f}", "judge agrees with the conditioning label")
+        for name in EXPRESSIONS:
+            if name in metrics["gan_test"]["per_class"]:
+                table.add_row(f"  {name}", f"{metrics['gan_test']['per_class'][name]:.3f}", "")
+    if "gan_test_independent" in metrics:
+        ind = metrics["gan_test_independent"]
+        table.add_row("GAN-test (independent)", f"{ind['overall']:.3f}", f"agreement of {classifier}")
+        for name in EXPRESSIONS:
+            if name in ind["per_class"]:
+                table.add_row(f"  {name}", f"{ind['per_class'][name]:.3f}", "")
+    Console().print(table)
+    if out is not None:
+        atomic.write_json(out, metrics)
+    return metrics

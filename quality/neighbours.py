@@ -1,0 +1,38 @@
+"""Chunked k-nearest-neighbour search in feature space (matrix products, never all pairs in memory).
+
+Hand-written because the sets are small (<= ~10^5 x a few hundred dims) and a chunked `torch.cdist`
+plus `topk` is all that is needed; faiss / scikit-learn's NearestNeighbors would add a dependency
+or copy to numpy without being faster at this size on 2 cores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def knn(query: Tensor, reference: Tensor, k: int, chunk: int = 2048, exclude_self: bool = False) -> tuple[Tensor, Tensor]:
+    """(distances, indices), each len(query) x k, Euclidean, nearest first.
+
+    exclude_self: query and reference are the same set; an item is not its own neighbour.
+    """
+    query, reference = query.float(), reference.float()
+    k_eff = min(k + int(exclude_self), len(reference))
+    dists, idxs = [], []
+    for start in range(0, len(query), chunk):
+        d = torch.cdist(query[start : start + chunk], reference)
+        if exclude_self:
+            rows = torch.arange(d.shape[0])
+            d[rows, rows + start] = float("inf")
+        v, i = torch.topk(d, k_eff, dim=1, largest=False)
+        dists.append(v[:, : k_eff - int(exclude_self)] if exclude_self else v)
+        idxs.append(i[:, : k_eff - int(exclude_self)] if exclude_self else i)
+    if not dists:
+        return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int64)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def kth_radius(features: Tensor, k: int) -> Tensor:
+    """Distance from each point to its k-th nearest other point in the same set (k-NN ball radius)."""
+    d, _ = knn(features, features, k, exclude_self=True)
+    return d[:, -1]

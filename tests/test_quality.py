@@ -1,0 +1,106 @@
+"""Quality metrics against reference implementations on identical inputs, and the per-image scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from quality import scores
+from quality.neighbours import knn, kth_radius
+from quality.set_metrics import density_coverage, fid, precision_recall, set_metrics
+
+
+def gaussian_sets(n=400, d=16, shift=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.randn(n, d, generator=g)
+    fake = torch.randn(n, d, generator=g) * 1.2 + shift
+    return real, fake
+
+
+def test_fid_matches_the_scipy_sqrtm_formula():
+    real, fake = gaussian_sets()
+    a, b = real.double().numpy(), fake.double().numpy()
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    reference = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    assert fid(real, fake) == pytest.approx(reference, rel=1e-6)
+    assert fid(real, real) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kid_matches_torchmetrics_on_the_same_features():
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from generators.quality import kid
+
+    real, fake = gaussian_sets(n=300)
+
+    class Features(torch.nn.Module):  # torchmetrics runs its metric on whatever the extractor returns
+        def forward(self, x):
+            return x.flatten(1)[:, :16].double()
+
+    metric = KernelInceptionDistance(feature=Features(), subsets=1, subset_size=300, normalize=False)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    reference, _ = metric.compute()
+    assert kid(real, fake, subsets=1, subset_size=300) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_precision_recall_density_coverage_match_prdc():
+    from prdc import compute_prdc
+
+    real, fake = gaussian_sets(n=300, shift=0.3)
+    ref = compute_prdc(real_features=real.numpy(), fake_features=fake.numpy(), nearest_k=5)
+    ours = {**precision_recall(real, fake, k=5), **density_coverage(real, fake, k=5)}
+    for key in ("precision", "recall", "density", "coverage"):
+        assert ours[key] == pytest.approx(ref[key], abs=1e-6), key
+
+
+def test_metrics_react_the_right_way():
+    real, _ = gaussian_sets()
+    near, _ = gaussian_sets(seed=1)
+    far = near + 3
+    assert fid(real, near) < fid(real, far)
+    assert precision_recall(real, near)["precision"] > 0.6 > 0.1 > precision_recall(real, far)["precision"]
+    collapsed = near[:1].repeat(400, 1) + 0.01 * torch.randn(400, 16)  # mode collapse: precise, no coverage
+    dc = density_coverage(real, collapsed)
+    assert dc["coverage"] < 0.1 < density_coverage(real, near)["coverage"]
+    labels = torch.arange(400) % 7
+    out = set_metrics(real, labels, near, labels, kid_subset=50)
+    assert set(out["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert "kid" in out["per_class"]["disgust"]
+
+
+def test_chunked_knn_matches_brute_force():
+    a, b = torch.randn(50, 8), torch.randn(70, 8)
+    d, i = knn(a, b, k=3, chunk=7)
+    full = torch.cdist(a, b)
+    ref_d, ref_i = torch.topk(full, 3, largest=False)
+    assert torch.allclose(d, ref_d) and torch.equal(i, ref_i)
+    r = kth_radius(a, 2)
+    self_d = torch.cdist(a, a) + torch.eye(50) * 1e9
+    assert torch.allclose(r, torch.topk(self_d, 2, largest=False).values[:, -1])
+
+
+def test_per_image_scores():
+    real, _ = gaussian_sets(d=2)  # 2-D: the dense middle of the real cloud lies inside many balls
+    inside, outside = 0.05 * torch.randn(5, 2), real[:5] + 50
+    realism = scores.realism(torch.cat([inside, outside]), real, k=3)
+    assert bool((realism[:5] > 1).all()) and bool((realism[5:] < 0.2).all())
+
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    assert scores.label_fidelity(probs, torch.tensor([0, 0])).tolist() == pytest.approx([0.9, 0.3])
+
+    with_copies = torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0, 4.0])
+    assert scores.memorization_threshold(with_copies, 0.0) == pytest.approx(1.0)  # exact copies left out
+
+    feats = torch.tensor([[0.0, 0.0], [0.001, 0.0], [5.0, 5.0], [5.0, 5.001], [9.0, 0.0]])
+    dup, nearest = scores.near_duplicates(feats, threshold=0.01)
+    assert dup.tolist() == [False, True, False, True, False]  # the later one of each close pair goes
+    assert nearest[4] > 1
+
+    images = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
+    images[1] = 128  # flat
+    images[2] = 255  # saturated
+    assert scores.degenerate(images, min_std=4, max_saturated=0.5).tolist() == [False, True, True, False]

@@ -1,0 +1,88 @@
+"""Report statistics: CIs over seeds, paired comparisons, selection on val (never test), the page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifiers.checkpoint import save_checkpoint
+from classifiers.metrics import paired_bootstrap_over_seeds
+from pipelines.config import AblationConfig
+from pipelines.report import best_arm_on_val, mean_ci, run_report
+
+N = 300
+
+
+def fake_run(root: Path, arm: str, kind: str, ratio, seed: int, test_acc: float, val_acc: float) -> None:
+    """An arm's saved outputs with predictions right on a chosen share of the images."""
+    g = torch.Generator().manual_seed(seed * 100 + sum(map(ord, arm)))
+    labels = torch.arange(N) % 7
+
+    def probs(acc: float) -> torch.Tensor:
+        right = torch.rand(N, generator=g) < acc
+        pred = torch.where(right, labels, (labels + 1) % 7)
+        return torch.nn.functional.one_hot(pred, 7).float()
+
+    pred_path = root / "runs" / arm / f"s{seed}" / "predictions.safetensors"
+    pred_path.parent.mkdir(parents=True)
+    tp, vp = probs(test_acc), probs(val_acc)
+    save_checkpoint(pred_path, {"val_probs": vp, "val_labels": labels, "test_probs": tp, "test_labels": labels}, {})
+    acc = float((tp.argmax(1) == labels).float().mean())
+    metrics = {"arm": arm, "kind": kind, "ratio": ratio, "seed": seed, "n_train": 1000,
+               "merge": {"n_synthetic": 0 if kind == "real" else 500}, "predictions": str(pred_path),
+               "val_accuracy_tta": float((vp.argmax(1) == labels).float().mean()),
+               "test": {"accuracy": acc, "macro_f1": acc - 0.05}, "train_minutes": 0.1, "config": {"arch": "x"},
+               "hardware": {"cpu_threads": 2}}
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / f"{arm}_s{seed}.json").write_text(json.dumps(metrics))
+
+
+def test_mean_ci_uses_the_t_distribution():
+    out = mean_ci([0.60, 0.62, 0.64])
+    assert out["mean"] == pytest.approx(0.62)
+    assert out["ci95"][0] == pytest.approx(0.62 - 4.303 * 0.02 / 3**0.5, abs=1e-4)
+    assert mean_ci([0.5])["ci95"] is None
+
+
+def test_paired_bootstrap_sees_a_real_gain_and_no_gain():
+    y = torch.arange(1000) % 7
+    a = torch.where(torch.rand(2, 1000, generator=torch.Generator().manual_seed(0)) < 0.6, y, (y + 1) % 7)
+    better = a.clone()
+    better[:, :100] = y[:100]  # b fixes up to 100 extra images per seed
+    gain = paired_bootstrap_over_seeds(y, a, better, n_boot=500)
+    assert gain["difference"] > 0 and gain["ci95"][0] > 0 and gain["p_value"] < 0.05
+    same = paired_bootstrap_over_seeds(y, a, a.clone(), n_boot=500)
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+    per_class = paired_bootstrap_over_seeds(y, a, better, "recall", n_boot=200, per_class=True)
+    assert len(per_class["difference"]) == 7
+
+
+def test_best_ratio_is_chosen_on_val_not_test(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):
+        fake_run(tmp_path, "real", "real", 0.0, seed, test_acc=0.60, val_acc=0.60)
+        fake_run(tmp_path, "r1", "mix", 1.0, seed, test_acc=0.80, val_acc=0.50)  # best on test, worst on val
+        fake_run(tmp_path, "r2", "mix", 2.0, seed, test_acc=0.65, val_acc=0.70)
+        fake_run(tmp_path, "synthetic_only", "synthetic_only", None, seed, test_acc=0.3, val_acc=0.3)
+    summary = run_report(AblationConfig(n_boot=200), metrics_dir=tmp_path / "metrics", out_dir=tmp_path / "reports",
+                         summary_metrics=tmp_path / "ablation.json", data_dir=tmp_path / "none")
+    assert summary["best_arm_on_val"] == "r2"
+    r1 = summary["arms"]["r1"]
+    assert r1["vs_real"]["accuracy"]["difference"] > 0.1 and r1["vs_real"]["accuracy"]["ci95"][0] > 0
+    assert set(r1["vs_real"]["recall"]) >= {"disgust", "fear"}
+    page = (tmp_path / "reports" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "r2" in page
+    md = (tmp_path / "reports" / "summary.md").read_text()
+    assert "best on val" in md and "synthetic_only" in md
+    assert (tmp_path / "reports/plots/accuracy_vs_ratio.csv").read_text().startswith("ratio,accuracy,macro_f1")
+    assert best_arm_on_val(summary["arms"]) == "r2"
+
+
+def test_no_runs_is_one_clear_error(tmp_path):
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match="no ablation runs"):
+        run_report(AblationConfig(), metrics_dir=tmp_path / "empty")
