@@ -24,6 +24,13 @@ def _read_json(path: Path, what: str, fix: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _source(prepared: dict) -> str:
+    src = prepared.get("source")
+    if isinstance(src, dict):
+        return ", ".join(f"{k} `{v}`" for k, v in src.items() if k in ("kind", "path", "sha256"))
+    return f"source `{src}`"
+
+
 def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepared: dict, n: int) -> str:
     before, after = quality.get("before", {}), quality.get("after", {})
     cfg = quality.get("config", {})
@@ -40,7 +47,7 @@ def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepare
         "## How they were made",
         f"- Generator: `{generator_path}` (sha256 `{file_sha256(generator_path)[:16]}...`), kind "
         f"`{generator_meta.get('kind', 'gan')}`, trained {generator_meta.get('steps', '?')} steps.",
-        f"- Training data: source `{prepared.get('source', {}).get('kind', prepared.get('source'))}`, "
+        f"- Training data: {_source(prepared)}, "
         f"train counts {prepared.get('counts', {}).get('train')}.",
         "- Each image's label and noise seed are in `manifest.csv` of the filtered set; with the generator file "
         "they regenerate the image exactly.",

@@ -1,0 +1,102 @@
+"""The filter stage on a hand-made synthetic set: planted copies, duplicates, blanks and wrong labels
+are rejected for the right reason; outputs, refill, export and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from classifiers.config import TrainConfig
+from classifiers.judge import Judge
+from classifiers.training import model_from_config
+from pipelines.config import FilterConfig
+from pipelines.errors import UserError
+from pipelines.export_dataset import run_export
+from pipelines.filter import run_filter
+from pipelines.prepared_data import LabelledImages, save_split
+from pipelines.sources.demo_faces import draw_demo_faces
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("filter")
+    images, labels = draw_demo_faces([30] * 7, seed=1)
+    prepared = root / "prepared"
+    prepared.mkdir()
+    for split, sl in (("train", slice(0, 150)), ("val", slice(150, 180)), ("test", slice(180, 210))):
+        save_split(prepared / f"{split}.safetensors", LabelledImages(images[sl], labels[sl]))
+    (prepared / "manifest.json").write_text(json.dumps({"source": "demo", "counts": {"train": {}}}))
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="vgg_fer", width=0.125, dropout=0.0)
+    judge_path = root / "judge.safetensors"
+    Judge(model_from_config(cfg), cfg).save(judge_path)
+
+    fresh, fresh_labels = draw_demo_faces([10] * 7, seed=99)  # new faces: none is a training face
+    synth = torch.cat([fresh, images[:3], fresh[:1], torch.full((1, 1, 48, 48), 128, dtype=torch.uint8)])
+    synth_labels = torch.cat([fresh_labels, labels[:3], fresh_labels[:1], torch.tensor([0])])
+    synthetic = root / "synthetic"
+    synthetic.mkdir()
+    save_file({"images": synth, "labels": synth_labels, "seeds": torch.arange(len(synth))}, str(synthetic / "synthetic.safetensors"))
+    return root, prepared, synthetic, judge_path
+
+
+def run(world, tmp_path, **cfg):
+    root, prepared, synthetic, judge_path = world
+    base = dict(label_fidelity=False, realism=False, min_keep_fraction=0.0, lpips=False)
+    return run_filter(FilterConfig(**{**base, **cfg}), prepared, synthetic, judge_path, tmp_path / "filtered",
+                      tmp_path / "quality.json", tmp_path / "plots")
+
+
+def test_copies_duplicates_and_blanks_are_rejected_for_the_right_reason(world, tmp_path):
+    q = run(world, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "filtered" / "manifest.csv")))
+    assert len(rows) == 75
+    reasons = [r["reason"] for r in rows]
+    assert reasons[70:73] == ["memorization"] * 3  # exact training faces
+    assert reasons[73] == "duplicate"  # the same image as synthetic #0, which stays
+    assert reasons[0] == "" and reasons[74] == "degenerate"
+    assert q["n_kept"] == sum(r["kept"] == "True" for r in rows) and q["copies_of_training_faces"] >= 3
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage", "gan_test"):
+        assert key in q["before"] and key in q["after"], key
+    assert (tmp_path / "plots" / "kept_rejected.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "nearest_pairs.png").stat().st_size > 0
+    assert "feature-space" in q["memorization_distance"] or "LPIPS" in q["memorization_distance"]
+
+
+def test_strict_label_filter_warns_and_refills_each_class(world, tmp_path):
+    q = run(world, tmp_path, label_fidelity=True, label_tau=0.99, min_keep_fraction=0.5, refill=True)
+    assert q["rejected"]["label_fidelity"]["total"] > 0
+    assert all(q["kept_per_class"][e] >= 5 for e in q["kept_per_class"])  # 10 per class generated
+    assert q["warnings"]
+    rows = list(csv.DictReader(open(tmp_path / "filtered" / "manifest.csv")))
+    assert any(r["reason"].startswith("refilled") for r in rows)
+    assert not any(r["kept"] == "True" and "memorization" in r["reason"] for r in rows)
+
+
+def test_export_writes_images_csv_and_datasheet(world, tmp_path, monkeypatch):
+    root, prepared, _, _ = world
+    q = run(world, tmp_path)
+    monkeypatch.setattr("pipelines.export_dataset.read_metadata", lambda p: {"kind": "gan", "steps": 7})
+    monkeypatch.setattr("pipelines.export_dataset.file_sha256", lambda p: "0" * 64)
+    out = tmp_path / "export"
+    run_export(tmp_path / "filtered", tmp_path / "quality.json", Path("params.yaml"), root / "gen.safetensors", prepared, out)
+    assert len(list((out / "png").rglob("*.png"))) == q["n_kept"]
+    assert (out / "synthetic_fer2013.csv").read_text().count("\n") == q["n_kept"] + 1
+    sheet = (out / "DATASHEET.md").read_text()
+    assert "Memorization check" in sheet and "Intended use" in sheet and str(q["n_kept"]) in sheet
+
+
+def test_missing_inputs_are_one_line_errors(world, tmp_path):
+    root, prepared, synthetic, judge_path = world
+    with pytest.raises(UserError, match="judge not found"):
+        run_filter(FilterConfig(), prepared, synthetic, root / "nope.safetensors", tmp_path / "f")
+    with pytest.raises(UserError, match="synthetic set not found"):
+        run_filter(FilterConfig(), prepared, root / "nothing", judge_path, tmp_path / "f")
+    assert not (tmp_path / "f").exists()
