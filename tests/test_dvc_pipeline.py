@@ -22,7 +22,7 @@ TINY = {
                                          "checkpoint_every": 2, "threads": 2, "max_minutes": None}},
     "generate": {"per_class": 12},
     "filter": {"label_tau": 0.0, "realism_tau": 0.0},
-    "ablation": {"real_arms": ["real", "no_augment"], "ratios": [0.5, 1], "seeds": [0, 1], "n_boot": 200},
+    "ablation": {"real_arms": ["real"], "ratios": [0.5], "seeds": [0, 1], "n_boot": 200},
 }
 
 
