@@ -267,6 +267,9 @@ def report(
     run_report(load_section("ablation", params), out_dir=out)
 
 
+from pipelines import cli_inference  # noqa: E402,F401  (registers predict/explain/export-model)
+
+
 def main() -> None:
     app(prog_name="fersynth")
 
