@@ -50,7 +50,8 @@ def mean_ci(values: list[float]) -> dict:
     if len(a) < 2:
         return {"mean": round(mean, 5), "ci95": None, "n": len(a)}
     half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
-    return {"mean": round(mean, 5), "ci95": [round(mean - half, 5), round(mean + half, 5)], "n": len(a)}
+    # the metrics are shares: an interval past [0, 1] (few seeds, t's heavy tails) is clipped there
+    return {"mean": round(mean, 5), "ci95": [round(max(0.0, mean - half), 5), round(min(1.0, mean + half), 5)], "n": len(a)}
 
 
 def load_runs(metrics_dir: Path) -> dict[str, list[dict]]:
@@ -233,6 +234,16 @@ def quality_table_md(quality: dict) -> list[str]:
     return rows
 
 
+def shortfall_note(runs: dict[str, list[dict]]) -> str:
+    """Arms that asked for more synthetic faces than the filter kept (they then share one set)."""
+    short = {arm: rs[0]["merge"].get("shortfall") for arm, rs in runs.items() if rs[0]["merge"].get("shortfall")}
+    if not short:
+        return ""
+    parts = [f"{arm} (short by {sum(v.values())})" for arm, v in short.items()]
+    return ("Not enough kept synthetic faces for " + ", ".join(parts) + ": these arms used every kept face of the "
+            "short classes, so they differ less than their ratios say. Generate more (generate.per_class).")
+
+
 def verdict(table: dict, best: str) -> str:
     mixes = [r for r in table.values() if r["kind"] == "mix"]
     if not mixes:
@@ -309,6 +320,7 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
                          "generator": generator.get("train_minutes")},
     }
     write_plot_csvs(table, Path(out_dir) / "plots")
+    summary["shortfall"] = shortfall_note(runs)
     md = render_markdown(summary, table, best, quality)
     page = render_html(summary, table, best, quality, figures, runs)
     atomic.write_text(Path(out_dir) / "summary.md", md)
@@ -322,14 +334,20 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
     return summary
 
 
+def _source_name(source) -> str:
+    if isinstance(source, dict):
+        return " ".join(str(source[k]) for k in ("kind", "path") if source.get(k))
+    return str(source)
+
+
 def render_markdown(summary: dict, table: dict, best: str, quality: dict) -> str:
     d = summary["data"]
     lines = [
         "# fersynth report", "",
-        f"Data: `{d['source']}`, real_fraction {d['real_fraction']}, {d['train']} real training faces. "
+        f"Data: `{_source_name(d['source'])}`, real_fraction {d['real_fraction']}, {d['train']} real training faces. "
         f"Judge test accuracy {summary['judge_test_accuracy']}. Generator: {summary['generator'].get('kind')}, "
         f"{summary['generator'].get('steps')} steps, {summary['generator'].get('train_minutes')} min.", "",
-        f"**{verdict(table, best)}**", "",
+        f"**{verdict(table, best)}**", "", *([f"Warning: {summary['shortfall']}", ""] if summary["shortfall"] else []),
         "## Classifiers (test, mean over seeds, 95% t-interval; Δ = seed-averaged paired bootstrap over test images)", "",
         *results_table_md(table, best), "",
         "## Synthetic data quality", "", *quality_table_md(quality), "",
@@ -371,7 +389,8 @@ def render_html(summary: dict, table: dict, best: str, quality: dict, figures: d
         f"<!doctype html><html><head><meta charset='utf-8'><title>fersynth report</title><style>{css}</style></head><body>",
         "<h1>Does synthetic data make the expression classifier better?</h1>",
         f"<p class='verdict'>{html.escape(verdict(table, best))}</p>",
-        f"<p>Data <b>{html.escape(str(d['source']))}</b>, real_fraction {d['real_fraction']}, {d['train']} real training faces; "
+        f"<p><b>Warning:</b> {html.escape(summary['shortfall'])}</p>" if summary["shortfall"] else "",
+        f"<p>Data <b>{html.escape(_source_name(d['source']))}</b>, real_fraction {d['real_fraction']}, {d['train']} real training faces; "
         f"judge test accuracy {summary['judge_test_accuracy']}; best ratio chosen on <b>val</b>, numbers on <b>test</b>.</p>",
         "<div class='grid'>", img("accuracy_vs_ratio", "Test accuracy vs synthetic:real ratio"),
         img("macro_f1_vs_ratio", "Test macro-F1 vs ratio"), "</div>",

@@ -44,6 +44,7 @@ def test_mean_ci_uses_the_t_distribution():
     out = mean_ci([0.60, 0.62, 0.64])
     assert out["mean"] == pytest.approx(0.62)
     assert out["ci95"][0] == pytest.approx(0.62 - 4.303 * 0.02 / 3**0.5, abs=1e-4)
+    assert mean_ci([0.1, 0.9])["ci95"] == [0.0, 1.0]  # clipped to the range of a share
     assert mean_ci([0.5])["ci95"] is None
 
 
