@@ -189,6 +189,31 @@ def sample_sheet(data_dir: Path, synthetic_dir: Path, filtered_dir: Path, path: 
     return True
 
 
+def gradcam_figures(runs: dict[str, list[dict]], arms: list[str], data_dir: Path, fig_dir: Path) -> dict[str, Path]:
+    """Grad-CAM on the same test faces (one per expression) for each arm's first-seed model, so the
+    regions a real-trained and a synthetic-trained model rely on can be compared side by side."""
+    from classifiers.saved_model import load_classifier
+    from pipelines.explain import gradcam_grid, sample_per_class
+    from pipelines.prepared_data import load_split
+
+    test_path = Path(data_dir) / "test.safetensors"
+    if not test_path.is_file():
+        return {}
+    test = load_split(test_path)
+    idx = sample_per_class(test.labels, 1, seed=0)
+    out = {}
+    for arm in arms:
+        model_path = Path(runs[arm][0]["predictions"]).with_name("model.safetensors")
+        if not model_path.is_file():
+            continue
+        model, cfg, _ = load_classifier(model_path)
+        path = fig_dir / f"gradcam_{arm}.png"
+        gradcam_grid(model, cfg, test.images[idx], test.labels[idx], path, ncols=len(idx),
+                     title=f"{arm} (seed {runs[arm][0]['seed']}): Grad-CAM for the true expression")
+        out[f"gradcam_{arm}"] = path
+    return out
+
+
 # ---------------------------------------------------------------- text
 
 def _fmt(stat: dict, scale: float = 100) -> str:
@@ -298,6 +323,7 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
         plot_confusion(table[arm]["confusion_sum"], list(EXPRESSIONS), fig_dir / f"confusion_{arm}.png",
                        f"{arm}: test, summed over {len(table[arm]['seeds'])} seeds")
         figures[f"confusion_{arm}"] = fig_dir / f"confusion_{arm}.png"
+    figures.update(gradcam_figures(runs, list(dict.fromkeys(["real", best])), data_dir, fig_dir))
     if sample_sheet(data_dir, synthetic_dir, filtered_dir, fig_dir / "samples.png"):
         figures["samples"] = fig_dir / "samples.png"
     for name in ("kept_rejected", "nearest_pairs"):
@@ -397,6 +423,9 @@ def render_html(summary: dict, table: dict, best: str, quality: dict, figures: d
         "<h2>Every arm</h2>", _md_table_to_html(results_table_md(table, best)),
         "<h2>Which expressions gain</h2>", img("per_class_gain", "Per-class recall gain vs real only"),
         "<div class='grid'>", *(img(f"confusion_{a}", f"Confusion matrix: {a}") for a in dict.fromkeys(["real", best])), "</div>",
+        "<h2>What the models look at</h2>", "<div class='grid'>",
+        *(img(f"gradcam_{a}", f"Grad-CAM, {a}: the same test faces, one per expression") for a in dict.fromkeys(["real", best])),
+        "</div>",
         "<h2>The synthetic faces</h2>", img("samples", "Per expression (rows): real | kept synthetic | rejected synthetic"),
         _md_table_to_html(quality_table_md(quality)),
         "<div class='grid'>", img("kept_rejected", "Filter: kept (left) and rejected (right) per expression"),
