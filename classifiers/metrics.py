@@ -81,15 +81,7 @@ def evaluate_predictions(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes
 def paired_bootstrap_difference(y_true: torch.Tensor, pred_a: torch.Tensor, pred_b: torch.Tensor, metric: str = "accuracy",
                                 num_classes: int = 7, n_boot: int = 2000, seed: int = 0) -> dict:
     """Difference b - a on the same test images, resampled together; two-sided bootstrap p-value."""
-    index = bootstrap_index(len(y_true), n_boot, seed)
-    a = scores_from_confusion(confusion_matrices(y_true, pred_a, num_classes, index))[metric]
-    b = scores_from_confusion(confusion_matrices(y_true, pred_b, num_classes, index))[metric]
-    diff = b - a
-    point = float(scores_from_confusion(confusion_matrices(y_true, pred_b, num_classes))[metric]
-                  - scores_from_confusion(confusion_matrices(y_true, pred_a, num_classes))[metric])
-    lo, hi = torch.quantile(diff, torch.tensor([0.025, 0.975], dtype=diff.dtype))
-    p = min(1.0, 2 * min(float((diff <= 0).double().mean()), float((diff >= 0).double().mean())))
-    return {"difference": round(point, 5), "ci95": [round(float(lo), 5), round(float(hi), 5)], "p_value": round(p, 5)}
+    return paired_bootstrap_over_seeds(y_true, pred_a[None], pred_b[None], metric, num_classes, n_boot, seed)
 
 
 def paired_bootstrap_over_seeds(y_true: torch.Tensor, preds_a: torch.Tensor, preds_b: torch.Tensor,

@@ -26,7 +26,6 @@ import torchvision
 from rich.console import Console
 from safetensors.torch import save_file
 
-from classifiers.judge import Judge
 from classifiers.labels import EXPRESSIONS
 from generators.quality import gan_test
 from pipelines import atomic
@@ -80,6 +79,7 @@ def refill(cfg: FilterConfig, labels: torch.Tensor, kept: torch.Tensor, reason: 
     label_fidelity / realism rejects (never degenerate images, copies or duplicates)."""
     warnings = {}
     kept = kept.clone()
+    soft = torch.tensor([r in ("label_fidelity", "realism") for r in reason], dtype=torch.bool)
     for c, name in enumerate(EXPRESSIONS):
         members = labels == c
         n = int(members.sum())
@@ -91,7 +91,6 @@ def refill(cfg: FilterConfig, labels: torch.Tensor, kept: torch.Tensor, reason: 
         msg = f"filter kept {int((kept & members).sum())}/{n} {name} images (< {cfg.min_keep_fraction:.0%})"
         readmit = []
         if cfg.refill:
-            soft = torch.tensor([r in ("label_fidelity", "realism") for r in reason], dtype=torch.bool)
             pool = torch.nonzero(members & ~kept & soft).flatten()
             readmit = pool[torch.argsort(label_prob[pool], descending=True, stable=True)[:need]].tolist()
             for i in readmit:
@@ -136,8 +135,9 @@ def _manifest_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _quality(judge: Judge, real: LabelledImages, real_feats: torch.Tensor, fake: LabelledImages,
-             fake_feats: torch.Tensor, probs: torch.Tensor, cfg: FilterConfig, lpips_fn) -> dict:
+def quality_readings(real: LabelledImages, real_feats: torch.Tensor, fake: LabelledImages, fake_feats: torch.Tensor,
+                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn) -> dict:
+    """Set-level metrics of `fake` against `real` (judge features), GAN-test, and LPIPS diversity if available."""
     out = set_metrics(real_feats, real.labels, fake_feats, fake.labels, cfg.max_real_for_metrics, cfg.seed)
     if len(fake):
         out["gan_test"] = gan_test(probs, fake.labels)
@@ -215,8 +215,8 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
             rejected[r["reason"]][r["expression"]] += 1
 
     console.print("filter: measuring the set before and after filtering")
-    before = _quality(judge, train, train_feats, fake, fake_feats, probs, cfg, lpips_fn)
-    after = _quality(judge, train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn)
+    before = quality_readings(train, train_feats, fake, fake_feats, probs, cfg, lpips_fn)
+    after = quality_readings(train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn)
     per_class_kept = {e: int((kept & (fake.labels == c)).sum()) for c, e in enumerate(EXPRESSIONS)}
     per_class_total = {e: int((fake.labels == c).sum()) for c, e in enumerate(EXPRESSIONS)}
     quality = {

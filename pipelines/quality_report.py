@@ -10,7 +10,7 @@ from rich.table import Table
 from classifiers.labels import EXPRESSIONS
 from pipelines import atomic
 from pipelines.config import FilterConfig
-from pipelines.filter import _quality
+from pipelines.filter import quality_readings
 from pipelines.generate import load_synthetic
 from pipelines.prepared_data import load_prepared
 from pipelines.train_gan import load_judge
@@ -47,7 +47,7 @@ def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pa
     train = load_prepared(data_dir)["train"]
     fake, _ = load_synthetic(synthetic_dir)
     lpips_fn, distance = load_lpips(cfg.lpips)
-    metrics = _quality(judge, train, judge.features(train.images), fake, judge.features(fake.images),
+    metrics = quality_readings(train, judge.features(train.images), fake, judge.features(fake.images),
                        judge.probabilities(fake.images), cfg, lpips_fn)
     metrics["diversity_distance"] = distance
     if classifier is not None:

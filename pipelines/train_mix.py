@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from classifiers.augment import AugmentConfig
 from classifiers.checkpoint import save_checkpoint
 from classifiers.config import TrainConfig
 from classifiers.saved_model import save_classifier
@@ -54,8 +55,8 @@ def arm_label(kind: str, ratio: float) -> str:
 
 
 def no_augment(cfg: TrainConfig) -> TrainConfig:
-    off = replace(cfg.augment, hflip=False, crop_padding=0, rotation_deg=0.0, scale=0.0, brightness=0.0,
-                  contrast=0.0, erasing_p=0.0)
+    """Every training op off; preprocessing (equalize) and padding mode stay as configured."""
+    off = replace(AugmentConfig.off(), equalize=cfg.augment.equalize, pad_mode=cfg.augment.pad_mode)
     return cfg.model_copy(update={"augment": off})
 
 

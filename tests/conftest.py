@@ -61,3 +61,24 @@ def write_params(params_path: Path, **data) -> Path:
     """A params.yaml whose data section is `data` (other sections at their defaults)."""
     params_path.write_text(yaml.safe_dump({"data": data}))
     return params_path
+
+
+def train_tiny_classifier(epochs: int):
+    """(model, cfg, val set) of a compact_cnn x0.25 trained briefly on demo faces with one thread."""
+    import torch
+
+    from classifiers.augment import AugmentConfig
+    from classifiers.config import TrainConfig
+    from classifiers.training import train_classifier
+    from pipelines.prepared_data import LabelledImages
+    from pipelines.sources.demo_faces import draw_demo_faces
+
+    before = torch.get_num_threads()
+    x, y = draw_demo_faces(60, seed=1)
+    xv, yv = draw_demo_faces(20, seed=2)
+    cfg = TrainConfig(arch="compact_cnn", width=0.25, epochs=epochs, batch_size=32, optimizer="adamw", lr=3e-3,
+                      warmup_epochs=0, label_smoothing=0, dropout=0, device="cpu", threads=1, amp=False,
+                      tta="none", augment=AugmentConfig.off())
+    model = train_classifier(x, y, xv, yv, cfg, progress=False).model
+    torch.set_num_threads(before)
+    return model, cfg, LabelledImages(xv, yv)

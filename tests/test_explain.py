@@ -8,27 +8,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from classifiers.architectures import ARCHITECTURES, build_model
-from classifiers.augment import AugmentConfig
-from classifiers.config import TrainConfig
 from classifiers.saved_model import save_classifier
-from classifiers.training import train_classifier
 from pipelines.explain import default_layer, gradcam, gradcam_grid, sample_per_class
-from pipelines.prepared_data import LabelledImages, save_split
-from pipelines.sources.demo_faces import draw_demo_faces
+from pipelines.prepared_data import save_split
+from tests.conftest import train_tiny_classifier
 
 
 @pytest.fixture(scope="module")
 def trained():
     """A tiny compact_cnn trained for ~6 s on demo faces (65% val accuracy, chance 14%)."""
-    before = torch.get_num_threads()
-    x, y = draw_demo_faces(60, seed=1)
-    xv, yv = draw_demo_faces(20, seed=2)
-    cfg = TrainConfig(arch="compact_cnn", width=0.25, epochs=10, batch_size=32, optimizer="adamw", lr=3e-3,
-                      warmup_epochs=0, label_smoothing=0, dropout=0, device="cpu", threads=1, amp=False,
-                      tta="none", augment=AugmentConfig.off())
-    model = train_classifier(x, y, xv, yv, cfg, progress=False).model
-    torch.set_num_threads(before)
-    return model, cfg, LabelledImages(xv, yv)
+    return train_tiny_classifier(epochs=10)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -7,30 +7,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from classifiers.augment import AugmentConfig
-from classifiers.config import TrainConfig
 from classifiers.saved_model import save_classifier
-from classifiers.training import train_classifier
 from pipelines.export_model import PARITY_ATOL, export_onnx, onnx_outputs, onnx_pixels, parity, quantize_int8, session
 from pipelines.prepared_data import LabelledImages, save_split
 from pipelines.sources.demo_faces import draw_demo_faces
+from tests.conftest import train_tiny_classifier
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny compact_cnn trained for a few seconds on demo faces (~50% val accuracy, chance 14%)."""
-    before = torch.get_num_threads()
-    x, y = draw_demo_faces(60, seed=1)
-    xv, yv = draw_demo_faces(20, seed=2)
-    cfg = TrainConfig(arch="compact_cnn", width=0.25, epochs=6, batch_size=32, optimizer="adamw", lr=3e-3,
-                      warmup_epochs=0, label_smoothing=0, dropout=0, device="cpu", threads=1, amp=False,
-                      tta="none", augment=AugmentConfig.off())
-    model = train_classifier(x, y, xv, yv, cfg, progress=False).model
-    torch.set_num_threads(before)
-    return model, cfg, LabelledImages(xv, yv)
+    return train_tiny_classifier(epochs=6)
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,12 @@ def test_ratio_zero_is_real_and_missing_synthetic_is_an_error():
     assert same is real and info["n_synthetic"] == 0
     with pytest.raises(ValueError, match="synthetic"):
         merge(real, None, "proportional", 0.5)
+
+
+def test_no_augment_arm_switches_off_training_ops_but_keeps_preprocessing():
+    from classifiers.config import TrainConfig
+    from pipelines.train_mix import no_augment, parse_arm
+
+    off = no_augment(TrainConfig(augment={"equalize": True, "pad_mode": "zeros"})).augment
+    assert not off.any_enabled and off.equalize and off.pad_mode == "zeros"
+    assert parse_arm("0.5") == ("mix", 0.5) and parse_arm("0") == ("real", 0.0)

@@ -6,7 +6,6 @@ installs it); skips cleanly where either is missing."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
