@@ -32,6 +32,9 @@ class GanConfig(_Frozen):
     judge_maps: list[int] = Field(default_factory=lambda: [0, 1, 2])  # which judge maps (24, 12, 6 px) feed heads
     judge_penultimate: bool = True  # projected D: one more head (class projection) on the judge's features
     judge_guidance: float = Field(0.1, ge=0)  # G loss += w * CE(judge(G(z, y)), y); 0 = off
+    # mode seeking (Mao et al. 2019, MSGAN): G loss += w / (|G(z1,y) - G(z2,y)| / |z1 - z2|), fakes drawn in
+    # same-label pairs; against the per-class collapse a projected D with judge guidance falls into; 0 = off
+    mode_seeking: float = Field(0.0, ge=0)
 
     # optimisation (hinge loss, two-timescale Adam)
     batch_size: int = Field(32, ge=2)

@@ -82,6 +82,14 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         offset += g.numel()
 
 
+def mode_seeking_loss(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+    """MSGAN's regulariser (Mao et al. 2019): the inverse of how far two images of the same label move
+    per unit of noise distance; small when G maps different z to different faces. Mean absolute
+    differences, as in the paper's code; the 1e-5 keeps it finite for identical images."""
+    ratio = (a - b).abs().mean() / (za - zb).abs().mean()
+    return 1.0 / (ratio + 1e-5)
+
+
 def _all_finite(*modules: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
@@ -220,7 +228,7 @@ def train_gan(
             readings(snap)
 
     stopped = "completed"
-    sums = torch.zeros(5, dtype=torch.float64)  # loss_d, loss_g, loss_cls, d_real, d_fake since last log
+    sums = torch.zeros(6, dtype=torch.float64)  # loss_d, loss_g, loss_cls, d_real, d_fake, loss_ms since last log
     t_log, steps_at_log = time.perf_counter(), step
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress or rank != 0, transient=False)
@@ -248,13 +256,15 @@ def train_gan(
             z = torch.randn(cfg.batch_size, cfg.z_dim, generator=g_draw)[mine].to(device)
             real = to_generator_range(data[idx]).contiguous(memory_format=memory_format)
             y = labels_dev[idx]
+            pairs = local // 2 if cfg.mode_seeking > 0 else 0
+            y_fake = torch.cat([y[:pairs], y[:pairs], y[2 * pairs:]]) if pairs else y  # fake i and i + pairs share a label
 
             with amp:
-                fake = G(z, y)
+                fake = G(z, y_fake)
             # D step: hinge loss on augmented reals and fakes, one pass over both
             with amp:
                 both = diff_augment(torch.cat([real, fake.detach()]), policy, g_aug)
-                out = D(both, torch.cat([y, y])).float()
+                out = D(both, torch.cat([y, y_fake])).float()
                 d_real, d_fake = out[:local], out[local:]
                 loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
             opt_d.zero_grad(set_to_none=True)
@@ -275,21 +285,26 @@ def train_gan(
                 fake_aug = diff_augment(fake, policy, g_aug)
                 logits = None
                 if cfg.judge_guidance > 0 and cfg.d_kind == "projected" and cfg.judge_penultimate:
-                    out_g, logits = D.forward_with_logits(fake_aug, y)
+                    out_g, logits = D.forward_with_logits(fake_aug, y_fake)
                 else:
-                    out_g = D(fake_aug, y)
+                    out_g = D(fake_aug, y_fake)
                 if cfg.judge_guidance > 0 and logits is None:
                     logits = judge_logits(judge_model, fake_aug)
                 loss_adv = -out_g.float().mean()
-                loss_cls = F.cross_entropy(logits.float(), y) if logits is not None else torch.zeros((), device=device)
+                loss_cls = F.cross_entropy(logits.float(), y_fake) if logits is not None else torch.zeros((), device=device)
                 loss_g = loss_adv + cfg.judge_guidance * loss_cls
+                loss_ms = torch.zeros((), device=device)
+                if pairs:
+                    loss_ms = mode_seeking_loss(fake[:pairs].float(), fake[pairs:2 * pairs].float(),
+                                                z[:pairs], z[pairs:2 * pairs])
+                    loss_g = loss_g + cfg.mode_seeking * loss_ms
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward(inputs=g_params)
             if world > 1:
                 _average_gradients(g_params, world)
 
             stats = torch.stack([loss_d.detach(), loss_adv.detach(), loss_cls.detach(), d_real.detach().mean(),
-                                 d_fake.detach().mean()]).double().cpu()
+                                 d_fake.detach().mean(), loss_ms.detach()]).double().cpu()
             if not bool(torch.isfinite(stats).all()):
                 raise GanDivergedError(
                     f"GAN training diverged at step {step + 1} (loss_d {stats[0]:.4g}, loss_g {stats[1]:.4g}); "
@@ -312,6 +327,8 @@ def train_gan(
                        "steps_per_s": (step - steps_at_log) / max(1e-9, now - t_log)}
                 if cfg.judge_guidance > 0:
                     row["loss_cls"] = mean[2]
+                if cfg.mode_seeking > 0:
+                    row["loss_ms"] = mean[5]
                 if log is not None and rank == 0:
                     log({k: round(v, 5) for k, v in row.items()}, step)
                 bar.update(task, description=f"GAN ({cfg.d_kind} D) loss_d {mean[0]:.3f} loss_g {mean[1]:.3f}")

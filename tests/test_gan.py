@@ -25,7 +25,7 @@ from classifiers.training import model_from_config
 from generators.config import GanConfig, GeneratorConfig
 from generators.diffaugment import cutout, diff_augment, translation
 from generators.gan_networks import Generator, PlainDiscriminator, ProjectedDiscriminator
-from generators.gan_training import GanDivergedError, train_gan
+from generators.gan_training import GanDivergedError, mode_seeking_loss, train_gan
 from generators.quality import kid
 from generators.sampling import load_generator, load_sampler, noise_for_seeds, sample, save_generator
 from pipelines.errors import UserError
@@ -194,6 +194,35 @@ def test_class_balanced_real_batches(demo, judge, monkeypatch):
     drawn = torch.bincount(torch.cat(seen), minlength=7).float()
     share = drawn / drawn.sum()
     assert share[1] > 0.09  # disgust is 1/21 of the data, ~1/7 of the batches
+
+
+def test_mode_seeking_loss_punishes_noise_that_changes_nothing():
+    za, zb = torch.zeros(4, 16), torch.ones(4, 16)
+    a = torch.rand(4, 1, 48, 48)
+    collapsed = mode_seeking_loss(a, a.clone(), za, zb)
+    diverse = mode_seeking_loss(a, 1 - a, za, zb)
+    assert collapsed > 1e4 and diverse < 10 and torch.isfinite(collapsed)
+    # exactly the paper's ratio: mean |a - b| / mean |za - zb|
+    assert torch.allclose(diverse, 1 / ((a - (1 - a)).abs().mean() / 1.0 + 1e-5))
+
+
+def test_mode_seeking_draws_fakes_in_same_label_pairs_and_logs_its_loss(demo, judge, monkeypatch):
+    fake_labels, rows = [], []
+    real_forward = ProjectedDiscriminator.forward
+
+    def spy(self, x, y):
+        if len(y) == 2 * TINY["batch_size"]:
+            fake_labels.append(y[len(y) // 2:].clone())
+        return real_forward(self, x, y)
+
+    monkeypatch.setattr(ProjectedDiscriminator, "forward", spy)
+    result = train_gan(*demo, tiny(mode_seeking=1.0, steps=3), judge=judge, log=lambda r, s: rows.append(r),
+                       progress=False)
+    assert result.steps == 3 and fake_labels
+    half = TINY["batch_size"] // 2
+    assert all(torch.equal(y[:half], y[half:2 * half]) for y in fake_labels)
+    ms = [r["loss_ms"] for r in rows if "loss_ms" in r]
+    assert len(ms) == 3 and all(0 < v < 1e4 for v in ms)
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
