@@ -37,6 +37,7 @@ from pipelines.train_gan import load_judge
 from quality import scores
 from quality.neighbours import knn
 from quality.perceptual import load_lpips
+from quality.inception import InceptionReference, load_inception
 from quality.set_metrics import set_metrics
 
 REASONS = ("degenerate", "memorization", "duplicate", "label_fidelity", "realism")
@@ -136,14 +137,26 @@ def _manifest_csv(rows: list[dict]) -> str:
 
 
 def quality_readings(real: LabelledImages, real_feats: torch.Tensor, fake: LabelledImages, fake_feats: torch.Tensor,
-                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn) -> dict:
-    """Set-level metrics of `fake` against `real` (judge features), GAN-test, and LPIPS diversity if available."""
+                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn,
+                     inception: InceptionReference | None = None) -> dict:
+    """Set-level metrics of `fake` against `real` (judge features), GAN-test, LPIPS diversity and
+    Inception-v3 FID/KID when those networks are available."""
     out = set_metrics(real_feats, real.labels, fake_feats, fake.labels, cfg.max_real_for_metrics, cfg.seed)
     if len(fake):
         out["gan_test"] = gan_test(probs, fake.labels)
     if lpips_fn is not None:
         out["lpips_diversity"] = _lpips_diversity(lpips_fn, real, fake, cfg.seed)
+    if inception is not None:
+        out["inception"] = inception.compare(fake.images, fake.labels)
     return out
+
+
+def inception_reference(cfg: FilterConfig, train: LabelledImages) -> tuple[InceptionReference | None, str]:
+    """The real side of the Inception metrics (None when switched off or the weights are absent)."""
+    model, description = load_inception(cfg.inception)
+    if model is None:
+        return None, description
+    return InceptionReference(model, train.images, train.labels, cfg.inception_samples, cfg.seed), description
 
 
 def _lpips_diversity(lpips_fn, real: LabelledImages, fake: LabelledImages, seed: int, pairs: int = 200) -> dict:
@@ -215,12 +228,15 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
             rejected[r["reason"]][r["expression"]] += 1
 
     console.print("filter: measuring the set before and after filtering")
-    before = quality_readings(train, train_feats, fake, fake_feats, probs, cfg, lpips_fn)
-    after = quality_readings(train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn)
+    inception, inception_note = inception_reference(cfg, train)
+    console.print(f"filter: {inception_note}")
+    before = quality_readings(train, train_feats, fake, fake_feats, probs, cfg, lpips_fn, inception)
+    after = quality_readings(train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn, inception)
     per_class_kept = {e: int((kept & (fake.labels == c)).sum()) for c, e in enumerate(EXPRESSIONS)}
     per_class_total = {e: int((fake.labels == c).sum()) for c, e in enumerate(EXPRESSIONS)}
     quality = {
         "feature_space": "judge penultimate features",
+        "inception_features": inception_note,
         "memorization_distance": distance,
         "memorization_threshold": round(threshold, 6),
         "memorization_calibration": f"{cfg.memorization_quantile} quantile of real test -> real train nearest distances (exact copies excluded)",

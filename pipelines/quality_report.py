@@ -10,7 +10,7 @@ from rich.table import Table
 from classifiers.labels import EXPRESSIONS
 from pipelines import atomic
 from pipelines.config import FilterConfig
-from pipelines.filter import quality_readings
+from pipelines.filter import inception_reference, quality_readings
 from pipelines.generate import load_synthetic
 from pipelines.prepared_data import load_prepared
 from pipelines.train_gan import load_judge
@@ -47,9 +47,11 @@ def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pa
     train = load_prepared(data_dir)["train"]
     fake, _ = load_synthetic(synthetic_dir)
     lpips_fn, distance = load_lpips(cfg.lpips)
+    inception, inception_note = inception_reference(cfg, train)
     metrics = quality_readings(train, judge.features(train.images), fake, judge.features(fake.images),
-                       judge.probabilities(fake.images), cfg, lpips_fn)
+                               judge.probabilities(fake.images), cfg, lpips_fn, inception)
     metrics["diversity_distance"] = distance
+    metrics["inception_features"] = inception_note
     if classifier is not None:
         metrics["gan_test_independent"] = {"classifier": str(classifier), **independent_gan_test(classifier, fake.images, fake.labels)}
     table = Table(title=f"quality of {synthetic_dir} ({metrics['n_synthetic']} images) vs real train")
@@ -59,6 +61,12 @@ def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pa
     for key, note in METRIC_NOTES.items():
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4g}", note)
+    if "fid" in metrics.get("inception", {}):
+        inc = metrics["inception"]
+        table.add_row("FID (Inception)", f"{inc['fid']:.4g}", f"standard FID, {inc['n_synthetic']} vs {inc['n_real']} faces")
+        table.add_row("KID (Inception)", f"{inc['kid']:.4g}", "unbiased; comparable across sample sizes")
+    else:
+        table.add_row("Inception", "-", inception_note)
     if "gan_test" in metrics:
         table.add_row("GAN-test", f"{metrics['gan_test']['overall']:.3f}", "judge agrees with the conditioning label")
         for name in EXPRESSIONS:

@@ -253,9 +253,15 @@ def quality_table_md(quality: dict) -> list[str]:
              "coverage": "share of real neighbourhoods that hold a synthetic face"}
     for k, note in notes.items():
         rows.append(f"| {k} | {before.get(k, 'n/a')} | {after.get(k, 'n/a')} | {note} |")
+    for k, note in (("fid", "Fréchet distance, Inception-v3 features (the standard FID)"),
+                    ("kid", "kernel distance, Inception-v3 features")):
+        b, a = before.get("inception", {}).get(k, "n/a"), after.get("inception", {}).get(k, "n/a")
+        rows.append(f"| {k} (Inception) | {b} | {a} | {note} |")
     rows.append(f"| GAN-test | {before.get('gan_test', {}).get('overall', 'n/a')} | "
                 f"{after.get('gan_test', {}).get('overall', 'n/a')} | judge agrees with the conditioning label |")
     rows.append(f"| images | {quality.get('n_generated')} | {quality.get('n_kept')} | generated → kept |")
+    if "inception_features" in quality:
+        rows += ["", f"Inception rows: {quality['inception_features']}."]
     return rows
 
 
@@ -337,8 +343,9 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
                  "train": sum((prepared.get("counts") or {}).get("train", {}).values()), "files_sha256": prepared.get("files")},
         "arms": {a: {k: v for k, v in r.items() if k != "confusion_sum"} for a, r in table.items()},
         "quality": {k: quality.get(k) for k in ("n_generated", "n_kept", "memorization_distance", "copies_of_training_faces")}
-        | {"before": {k: quality.get("before", {}).get(k) for k in ("fid", "kid", "precision", "recall", "density", "coverage")},
-           "after": {k: quality.get("after", {}).get(k) for k in ("fid", "kid", "precision", "recall", "density", "coverage")}},
+        | {when: {**{k: quality.get(when, {}).get(k) for k in ("fid", "kid", "precision", "recall", "density", "coverage")},
+                  **{f"{k}_inception": quality.get(when, {}).get("inception", {}).get(k) for k in ("fid", "kid")}}
+           for when in ("before", "after")},
         "generator": {k: generator.get(k) for k in ("kind", "gan_test", "kid", "steps", "train_minutes", "steps_per_s")},
         "judge_test_accuracy": (judge.get("test") or {}).get("accuracy"),
         "hardware": runs["real"][0].get("hardware"),

@@ -21,7 +21,7 @@ TINY = {
                                          "steps": 4, "sample_every": 2, "quality_every": 2, "quality_samples": 14,
                                          "checkpoint_every": 2, "threads": 2, "max_minutes": None}},
     "generate": {"per_class": 12},
-    "filter": {"label_tau": 0.0, "realism_tau": 0.0},
+    "filter": {"label_tau": 0.0, "realism_tau": 0.0, "inception": False},  # Inception: test_filter
     "ablation": {"real_arms": ["real"], "ratios": [0.5], "seeds": [0, 1], "n_boot": 200},
 }
 

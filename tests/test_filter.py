@@ -20,6 +20,7 @@ from pipelines.export_dataset import run_export
 from pipelines.filter import run_filter
 from pipelines.prepared_data import LabelledImages, save_split
 from pipelines.sources.demo_faces import draw_demo_faces
+from quality.inception import HOW_TO_INSTALL, weights_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +50,7 @@ def world(tmp_path_factory):
 
 def run(world, tmp_path, **cfg):
     root, prepared, synthetic, judge_path = world
-    base = dict(label_fidelity=False, realism=False, min_keep_fraction=0.0, lpips=False)
+    base = dict(label_fidelity=False, realism=False, min_keep_fraction=0.0, lpips=False, inception=False)
     return run_filter(FilterConfig(**{**base, **cfg}), prepared, synthetic, judge_path, tmp_path / "filtered",
                       tmp_path / "quality.json", tmp_path / "plots")
 
@@ -68,6 +69,22 @@ def test_copies_duplicates_and_blanks_are_rejected_for_the_right_reason(world, t
     assert (tmp_path / "plots" / "kept_rejected.png").stat().st_size > 0
     assert (tmp_path / "plots" / "nearest_pairs.png").stat().st_size > 0
     assert "feature-space" in q["memorization_distance"] or "LPIPS" in q["memorization_distance"]
+
+
+@pytest.mark.skipif(weights_path() is None, reason=f"no Inception-v3 weights: {HOW_TO_INSTALL}")
+def test_inception_fid_and_kid_before_and_after_filtering(world, tmp_path):
+    q = run(world, tmp_path, inception=True, inception_samples=14)
+    assert q["inception_features"].startswith("Inception-v3")
+    for when in ("before", "after"):
+        inc = q[when]["inception"]
+        assert inc["n_real"] == 14 and inc["n_synthetic"] == 14  # 2 per class, stratified
+        assert inc["fid"] > 0 and set(inc["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+
+
+def test_without_inception_weights_the_report_says_how_to_get_them(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("FERSYNTH_INCEPTION", str(tmp_path / "absent.pt"))
+    q = run(world, tmp_path, inception=True)
+    assert "absent.pt" in q["inception_features"] and "inception" not in q["before"]
 
 
 def test_strict_label_filter_warns_and_refills_each_class(world, tmp_path):
