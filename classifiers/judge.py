@@ -44,6 +44,17 @@ class Judge:
         out = [self.model.features(x).float().cpu() for x in self._batches(images_uint8, batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.model.feature_dim)
 
+    @torch.no_grad()
+    def features_and_probabilities(self, images_uint8: torch.Tensor, batch_size: int = 512
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both from one forward pass (half the cost of calling the two methods on large sets)."""
+        feats = [self.model.features(x).float() for x in self._batches(images_uint8, batch_size)]
+        if not feats:
+            return torch.zeros(0, self.model.feature_dim), torch.zeros(0, 7)
+        f = torch.cat(feats)
+        logits = torch.cat([self.model.head(chunk).float() for chunk in f.split(batch_size)])
+        return f.cpu(), torch.softmax(logits.cpu() / self.temperature, dim=1)
+
     def probabilities(self, images_uint8: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Calibrated class probabilities: softmax(logits / temperature)."""
         return torch.softmax(self.logits(images_uint8, batch_size) / self.temperature, dim=1)

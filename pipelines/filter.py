@@ -191,7 +191,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
 
     train, test = real["train"], real["test"]
     train_feats, test_feats = judge.features(train.images), judge.features(test.images)
-    fake_feats, probs = judge.features(fake.images), judge.probabilities(fake.images)
+    fake_feats, probs = judge.features_and_probabilities(fake.images)
 
     g = torch.Generator().manual_seed(cfg.seed)
     ref = torch.randperm(len(train), generator=g)[: cfg.max_real_for_metrics]

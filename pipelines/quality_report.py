@@ -48,8 +48,8 @@ def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pa
     fake, _ = load_synthetic(synthetic_dir)
     lpips_fn, distance = load_lpips(cfg.lpips)
     inception, inception_note = inception_reference(cfg, train)
-    metrics = quality_readings(train, judge.features(train.images), fake, judge.features(fake.images),
-                               judge.probabilities(fake.images), cfg, lpips_fn, inception)
+    fake_feats, probs = judge.features_and_probabilities(fake.images)
+    metrics = quality_readings(train, judge.features(train.images), fake, fake_feats, probs, cfg, lpips_fn, inception)
     metrics["diversity_distance"] = distance
     metrics["inception_features"] = inception_note
     if classifier is not None:

@@ -55,6 +55,14 @@ def run(world, tmp_path, **cfg):
                       tmp_path / "quality.json", tmp_path / "plots")
 
 
+def test_one_pass_features_and_probabilities_match_the_separate_calls(world):
+    judge = Judge.load(world[3])
+    images = draw_demo_faces([3] * 7, seed=4)[0]
+    feats, probs = judge.features_and_probabilities(images, batch_size=8)
+    assert torch.allclose(feats, judge.features(images), atol=1e-5)
+    assert torch.allclose(probs, judge.probabilities(images), atol=1e-5)
+
+
 def test_copies_duplicates_and_blanks_are_rejected_for_the_right_reason(world, tmp_path):
     q = run(world, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "filtered" / "manifest.csv")))
