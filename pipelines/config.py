@@ -69,6 +69,8 @@ class FilterConfig(Section):
     realism_keep_radii: float = Field(0.5, gt=0, le=1)  # share of real k-NN balls used (smallest radii)
     memorization: bool = True
     memorization_quantile: float = Field(0.01, gt=0, lt=1)  # of real test -> real train NN distances
+    pixel_copies: bool = True  # memorization also in pixels: shift-tolerant RMS of standardised faces on the shortlist
+    pixel_max_shift: int = Field(2, ge=0, le=8)  # pixels of shift a copy may have
     duplicates: bool = True  # synthetic near-duplicates of each other (same threshold)
     degenerate: bool = True
     min_std: float = Field(4.0, ge=0)  # pixel std below this: a flat image

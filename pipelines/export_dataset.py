@@ -56,7 +56,11 @@ def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepare
         f"- Label fidelity: judge p(label) >= {cfg.get('label_tau')} ({'on' if cfg.get('label_fidelity') else 'off'}).",
         f"- Realism score >= {cfg.get('realism_tau')} ({'on' if cfg.get('realism') else 'off'}).",
         f"- Memorization: nearest real training face farther than {quality.get('memorization_threshold')} "
-        f"({quality.get('memorization_distance')}; {quality.get('memorization_calibration')}).",
+        f"({quality.get('memorization_distance')}; {quality.get('memorization_calibration')})"
+        + (f", and in pixels (shift-tolerant RMS of standardised faces) farther than {quality['pixel_copy_threshold']}"
+           if quality.get("pixel_copy_threshold") is not None else "") + ".",
+        f"- Memorization check on real strangers: {quality.get('memorization_false_rejection_on_real_test')} "
+        "(the share of real test faces the filter would have called copies).",
         f"- Near-duplicates and degenerate images removed: {cfg.get('duplicates')}, {cfg.get('degenerate')}.",
         f"- Kept {quality.get('n_kept')} of {quality.get('n_generated')}. Rejected per filter: "
         + ", ".join(f"{k} {v['total']}" for k, v in quality.get("rejected", {}).items()) + ".",

@@ -56,12 +56,26 @@ def nearest_real(judge_feats_fake: torch.Tensor, judge_feats_real: torch.Tensor,
     return lp.gather(1, best[:, None]).squeeze(1), idx.gather(1, best[:, None]).squeeze(1)
 
 
-def decide(cfg: FilterConfig, s: dict[str, torch.Tensor], threshold: float) -> tuple[torch.Tensor, list[str]]:
+def nearest_pixel_copy(judge_feats_fake: torch.Tensor, judge_feats_real: torch.Tensor, fake_uint8: torch.Tensor,
+                       real_uint8: torch.Tensor, top_k: int, max_shift: int, chunk: int = 2048) -> torch.Tensor:
+    """Each fake image's smallest shift-tolerant pixel distance to its feature-space top-k real faces."""
+    _, idx = knn(judge_feats_fake, judge_feats_real, k=top_k)
+    out = []
+    for start in range(0, len(idx), chunk):
+        rows = idx[start:start + chunk]
+        n, k = rows.shape
+        d = scores.pixel_copy_distance(fake_uint8[start:start + chunk].repeat_interleave(k, 0),
+                                       real_uint8[rows.flatten()], max_shift)
+        out.append(d.view(n, k).min(1).values)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def decide(cfg: FilterConfig, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
     """Kept mask and first reason per image (`""` when kept), before any per-class refill."""
     n = len(s["label_prob"])
     failed = {
         "degenerate": s["degenerate"] if cfg.degenerate else torch.zeros(n, dtype=torch.bool),
-        "memorization": (s["nn_real_dist"] < threshold) if cfg.memorization else torch.zeros(n, dtype=torch.bool),
+        "memorization": s["memorized"] if cfg.memorization else torch.zeros(n, dtype=torch.bool),
         "duplicate": s["duplicate"] if cfg.duplicates else torch.zeros(n, dtype=torch.bool),
         "label_fidelity": (s["label_prob"] < cfg.label_tau) if cfg.label_fidelity else torch.zeros(n, dtype=torch.bool),
         "realism": (s["realism"] < cfg.realism_tau) if cfg.realism else torch.zeros(n, dtype=torch.bool),
@@ -206,20 +220,38 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     calib = torch.randperm(len(test), generator=g)[:2000]
     feature_nn = knn(test_feats[calib], train_feats, 1)[0][:, 0]
     feature_threshold = scores.memorization_threshold(feature_nn, cfg.memorization_quantile)
-    threshold = feature_threshold
+    threshold, test_nn = feature_threshold, feature_nn
     if lpips_fn is not None:  # memorization in LPIPS, calibrated in LPIPS
         test_nn, _ = nearest_real(test_feats[calib], train_feats, test.images[calib], train.images, lpips_fn, cfg.lpips_top_k)
         threshold = scores.memorization_threshold(test_nn, cfg.memorization_quantile)
+    s["memorized"] = s["nn_real_dist"] < threshold
+    test_memorized = test_nn < threshold
+    pixel_threshold = None
+    if cfg.pixel_copies:  # the same test in pixels, shift-tolerant, calibrated the same way
+        s["nn_pixel_dist"] = nearest_pixel_copy(fake_feats, train_feats, fake.images, train.images, cfg.lpips_top_k,
+                                                cfg.pixel_max_shift)
+        test_pixel = nearest_pixel_copy(test_feats[calib], train_feats, test.images[calib], train.images,
+                                        cfg.lpips_top_k, cfg.pixel_max_shift)
+        pixel_threshold = scores.memorization_threshold(test_pixel, cfg.memorization_quantile)
+        s["memorized"] |= s["nn_pixel_dist"] < pixel_threshold
+        test_memorized |= test_pixel < pixel_threshold
+    # what the memorization filter does to real strangers: its false-rejection rate on real test
+    # faces (exact cross-split duplicates, which really are copies, counted apart)
+    exact = test_nn <= 1e-6
+    false_rejection = {"real_test_faces": len(test_nn), "exact_copies_in_train": int(exact.sum()),
+                       "rejected_excluding_exact_copies": round(float(test_memorized[~exact].double().mean()), 4)}
     s["duplicate"], s["nn_synthetic_dist"] = scores.near_duplicates(fake_feats, feature_threshold)
 
-    kept, reason = decide(cfg, s, threshold)
+    kept, reason = decide(cfg, s)
     kept, warnings = refill(cfg, fake.labels, kept, reason, s["label_prob"], console)
     kept_set = fake.subset(torch.nonzero(kept).flatten())
 
     rows = [{"id": i, "label": int(fake.labels[i]), "expression": EXPRESSIONS[int(fake.labels[i])], "seed": int(seeds[i]),
              "label_prob": round(float(s["label_prob"][i]), 5), "judge_pred": EXPRESSIONS[int(s["judge_pred"][i])],
              "realism": round(float(s["realism"][i]), 5), "nn_real_dist": round(float(s["nn_real_dist"][i]), 5),
-             "nn_real_index": int(s["nn_real_index"][i]), "nn_synthetic_dist": round(float(s["nn_synthetic_dist"][i]), 5),
+             "nn_real_index": int(s["nn_real_index"][i]),
+             "nn_pixel_dist": round(float(s["nn_pixel_dist"][i]), 5) if "nn_pixel_dist" in s else "",
+             "nn_synthetic_dist": round(float(s["nn_synthetic_dist"][i]), 5),
              "degenerate": bool(s["degenerate"][i]), "kept": bool(kept[i]), "reason": reason[i]}
             for i in range(len(fake))]
     rejected = {name: {e: 0 for e in EXPRESSIONS} for name in REASONS}
@@ -239,11 +271,13 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
         "inception_features": inception_note,
         "memorization_distance": distance,
         "memorization_threshold": round(threshold, 6),
+        "pixel_copy_threshold": round(pixel_threshold, 6) if pixel_threshold is not None else None,
         "memorization_calibration": f"{cfg.memorization_quantile} quantile of real test -> real train nearest distances (exact copies excluded)",
         "n_generated": len(fake), "n_kept": int(kept.sum()), "kept_fraction": round(float(kept.double().mean()), 4),
         "kept_per_class": per_class_kept, "generated_per_class": per_class_total,
         "rejected": {k: {"total": sum(v.values()), **v} for k, v in rejected.items()},
         "copies_of_training_faces": int(sum(rejected["memorization"].values())),
+        "memorization_false_rejection_on_real_test": false_rejection,
         "warnings": warnings,
         "before": before, "after": after,
         "config": cfg.model_dump(mode="json"),

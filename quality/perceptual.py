@@ -23,10 +23,12 @@ def backbone_path(net: str = "alex") -> Path:
 class Lpips:
     """LPIPS distance between uint8 grayscale 48x48 images (upsampled to 64 px, gray to RGB)."""
 
-    def __init__(self, net: str = "alex") -> None:
+    def __init__(self, net: str = "alex", random_backbone: bool = False) -> None:
+        """`random_backbone`: untrained backbone weights, nothing downloaded; the same cost per pair,
+        for timing LPIPS where its weights are absent (benchmarks), never for real distances."""
         import lpips
 
-        self.model = lpips.LPIPS(net=net, verbose=False).eval()
+        self.model = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False).eval()
 
     @torch.no_grad()
     def __call__(self, a_uint8: Tensor, b_uint8: Tensor, batch_size: int = 256) -> Tensor:

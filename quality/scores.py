@@ -8,6 +8,9 @@
 * memorization: the distance to the nearest real training face, against a threshold calibrated
   from how close real *test* faces come to real train (a low quantile of those distances, exact
   duplicates excluded): a synthetic face closer than that is treated as a copy of a training person;
+* pixel copies: the same question asked in pixels, so it does not hang on one feature space: the
+  smallest RMS difference between standardised faces over small shifts, against the same kind of
+  test -> train calibration (catches shifted, re-lit or lightly noised copies of a training face);
 * near-duplicates among the synthetic faces (same threshold), and degenerate images (flat or
   saturated).
 """
@@ -41,6 +44,29 @@ def memorization_threshold(test_to_train: Tensor, quantile: float) -> float:
     if len(d) == 0:
         raise ValueError("every test face has an exact copy in train: cannot calibrate the memorization threshold")
     return float(torch.quantile(d.double(), quantile))
+
+
+def standardise(images_uint8: Tensor) -> Tensor:
+    """Per image zero mean, unit std (float32): brightness and contrast changes do not hide a copy."""
+    x = images_uint8.float()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
+    return (x - mean) / std
+
+
+def pixel_copy_distance(a_uint8: Tensor, b_uint8: Tensor, max_shift: int = 2) -> Tensor:
+    """Per pair (a[i], b[i]): min over integer shifts |dx|, |dy| <= max_shift of the RMS difference
+    between a's central crop and the shifted crop of b, both standardised. 0 for an exact copy,
+    ~1.4 for unrelated faces. 25 whole-batch tensor ops for max_shift 2, no per-image Python."""
+    a, b = standardise(a_uint8), standardise(b_uint8)
+    m, h, w = max_shift, a.shape[-2], a.shape[-1]
+    centre = a[..., m:h - m, m:w - m]
+    best = torch.full((len(a),), float("inf"))
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            window = b[..., m + dy:h - m + dy, m + dx:w - m + dx]
+            best = torch.minimum(best, (centre - window).square().mean(dim=(1, 2, 3)).sqrt())
+    return best
 
 
 def near_duplicates(features: Tensor, threshold: float, candidates: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -95,6 +95,27 @@ def test_without_inception_weights_the_report_says_how_to_get_them(world, tmp_pa
     assert "absent.pt" in q["inception_features"] and "inception" not in q["before"]
 
 
+def test_planted_copies_exact_noisy_and_shifted_are_all_rejected_as_memorized(world, tmp_path):
+    root, prepared, _, judge_path = world
+    train = draw_demo_faces([30] * 7, seed=1)[0][:150]
+    fresh, fresh_labels = draw_demo_faces([10] * 7, seed=99)
+    g = torch.Generator().manual_seed(0)
+    exact = train[20:25]
+    noisy = (train[25:30].float() + 3 * torch.randn(5, 1, 48, 48, generator=g)).clamp(0, 255).to(torch.uint8)
+    shifted = torch.roll(train[30:35], shifts=1, dims=3)
+    planted = torch.cat([exact, noisy, shifted])
+    synthetic = tmp_path / "planted"
+    synthetic.mkdir()
+    save_file({"images": torch.cat([fresh, planted]), "labels": torch.cat([fresh_labels, torch.zeros(15, dtype=torch.long)]),
+               "seeds": torch.arange(85)}, str(synthetic / "synthetic.safetensors"))
+    cfg = FilterConfig(label_fidelity=False, realism=False, min_keep_fraction=0.0, lpips=False, inception=False)
+    q = run_filter(cfg, prepared, synthetic, judge_path, tmp_path / "f", tmp_path / "q.json", tmp_path / "p")
+    reasons = [r["reason"] for r in csv.DictReader(open(tmp_path / "f" / "manifest.csv"))]
+    assert reasons[70:] == ["memorization"] * 15
+    fr = q["memorization_false_rejection_on_real_test"]
+    assert fr["real_test_faces"] == 30 and 0 <= fr["rejected_excluding_exact_copies"] <= 0.1
+
+
 def test_strict_label_filter_warns_and_refills_each_class(world, tmp_path):
     q = run(world, tmp_path, label_fidelity=True, label_tau=0.99, min_keep_fraction=0.5, refill=True)
     assert q["rejected"]["label_fidelity"]["total"] > 0

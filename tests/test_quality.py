@@ -104,3 +104,19 @@ def test_per_image_scores():
     images[1] = 128  # flat
     images[2] = 255  # saturated
     assert scores.degenerate(images, min_std=4, max_saturated=0.5).tolist() == [False, True, True, False]
+
+
+def test_pixel_copy_distance_sees_through_shift_light_and_noise_but_not_other_faces():
+    from pipelines.sources.demo_faces import draw_demo_faces
+
+    faces = draw_demo_faces([4] * 7, seed=3)[0]
+    a, other = faces[:10], faces[10:20]
+    g = torch.Generator().manual_seed(0)
+    relit = (a.float() * 0.7 + 40).to(torch.uint8)
+    shifted = torch.roll(a, shifts=(2, -1), dims=(2, 3))
+    noisy = (a.float() + 3 * torch.randn(a.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    assert scores.pixel_copy_distance(a, a).max() < 1e-5
+    assert scores.pixel_copy_distance(relit, a).max() < 0.05
+    assert scores.pixel_copy_distance(shifted, a).max() < 0.2  # only the rolled-in border differs
+    assert scores.pixel_copy_distance(noisy, a).max() < 0.3
+    assert scores.pixel_copy_distance(a, other).min() > 0.4
