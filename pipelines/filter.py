@@ -35,9 +35,9 @@ from pipelines.generate import DATA_FILE, load_synthetic
 from pipelines.prepared_data import LabelledImages, load_prepared
 from pipelines.train_gan import load_judge
 from quality import scores
+from quality.inception import InceptionReference, load_inception
 from quality.neighbours import knn
 from quality.perceptual import load_lpips
-from quality.inception import InceptionReference, load_inception
 from quality.set_metrics import set_metrics
 
 REASONS = ("degenerate", "memorization", "duplicate", "label_fidelity", "realism")
