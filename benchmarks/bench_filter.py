@@ -77,10 +77,10 @@ def main() -> None:
             syn.mkdir()
             save_file({"images": images, "labels": labels, "seeds": torch.arange(n)}, str(syn / "synthetic.safetensors"))
             t0 = time.perf_counter()
-            filter_stage.run_filter(cfg, args.data, syn, args.judge, Path(tmp) / f"out{n}", Path(tmp) / f"q{n}.json",
-                                    Path(tmp) / f"plots{n}")
+            q = filter_stage.run_filter(cfg, args.data, syn, args.judge, Path(tmp) / f"out{n}", Path(tmp) / f"q{n}.json",
+                                        Path(tmp) / f"plots{n}")
             seconds[n] = time.perf_counter() - t0
-            print(f"shortlist filter, N = {n}: {seconds[n]:.1f} s")
+            print(f"shortlist filter, N = {n}: {seconds[n]:.1f} s ({q['seconds']})")
 
     exponent = math.log(seconds[sizes[-1]] / seconds[sizes[0]]) / math.log(sizes[-1] / sizes[0])
     print(f"shortlist filter scales as N^{exponent:.2f} from N = {sizes[0]} to {sizes[-1]}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import torch
@@ -195,6 +196,13 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
                out_dir: Path = Path("data/filtered"), metrics_path: Path = Path("metrics/quality.json"),
                plots_dir: Path = Path("plots/quality")) -> dict:
     console = Console(stderr=True)
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:  # where the stage's time goes, into quality.json
+        clock.append(time.perf_counter())
+        seconds[name] = round(clock[-1] - clock[-2], 1)
+
     real = load_prepared(data_dir)
     (fake, seeds) = load_synthetic(synthetic_dir)
     judge = load_judge(judge_path)
@@ -206,6 +214,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     train, test = real["train"], real["test"]
     train_feats, test_feats = judge.features(train.images), judge.features(test.images)
     fake_feats, probs = judge.features_and_probabilities(fake.images)
+    lap("load_and_judge_features")
 
     g = torch.Generator().manual_seed(cfg.seed)
     ref = torch.randperm(len(train), generator=g)[: cfg.max_real_for_metrics]
@@ -245,6 +254,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     kept, reason = decide(cfg, s)
     kept, warnings = refill(cfg, fake.labels, kept, reason, s["label_prob"], console)
     kept_set = fake.subset(torch.nonzero(kept).flatten())
+    lap("per_image_scores_and_filters")
 
     rows = [{"id": i, "label": int(fake.labels[i]), "expression": EXPRESSIONS[int(fake.labels[i])], "seed": int(seeds[i]),
              "label_prob": round(float(s["label_prob"][i]), 5), "judge_pred": EXPRESSIONS[int(s["judge_pred"][i])],
@@ -260,10 +270,15 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
             rejected[r["reason"]][r["expression"]] += 1
 
     console.print("filter: measuring the set before and after filtering")
+    before = quality_readings(train, train_feats, fake, fake_feats, probs, cfg, lpips_fn)
+    after = quality_readings(train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn)
+    lap("set_metrics_before_after")
     inception, inception_note = inception_reference(cfg, train)
     console.print(f"filter: {inception_note}")
-    before = quality_readings(train, train_feats, fake, fake_feats, probs, cfg, lpips_fn, inception)
-    after = quality_readings(train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn, inception)
+    if inception is not None:
+        before["inception"] = inception.compare(fake.images, fake.labels)
+        after["inception"] = inception.compare(kept_set.images, kept_set.labels)
+    lap("inception_before_after")
     per_class_kept = {e: int((kept & (fake.labels == c)).sum()) for c, e in enumerate(EXPRESSIONS)}
     per_class_total = {e: int((fake.labels == c).sum()) for c, e in enumerate(EXPRESSIONS)}
     quality = {
@@ -279,6 +294,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
         "copies_of_training_faces": int(sum(rejected["memorization"].values())),
         "memorization_false_rejection_on_real_test": false_rejection,
         "warnings": warnings,
+        "seconds": seconds,
         "before": before, "after": after,
         "config": cfg.model_dump(mode="json"),
     }
