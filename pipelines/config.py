@@ -81,7 +81,7 @@ class FilterConfig(Section):
     lpips_top_k: int = Field(5, ge=1)  # LPIPS only on this shortlist from the feature-space k-NN
     max_real_for_metrics: int = Field(10000, ge=100)
     inception: bool = True  # FID/KID on Inception-v3 features too, when its weights file is installed
-    inception_samples: int = Field(700, ge=14)  # per set, class-stratified: ~10 faces/s on 2 CPU cores
+    inception_samples: int = Field(700, ge=14)  # per set, class-stratified: Inception at 299 px is slow on CPU
     contact_per_class: int = Field(12, ge=1)
     seed: int = 0
 
