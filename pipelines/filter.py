@@ -44,11 +44,11 @@ from quality.set_metrics import set_metrics
 REASONS = ("degenerate", "memorization", "duplicate", "label_fidelity", "realism")
 
 
-def nearest_real(judge_feats_fake: torch.Tensor, judge_feats_real: torch.Tensor, fake_uint8: torch.Tensor,
-                 real_uint8: torch.Tensor, lpips_fn, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distance, index) of each fake image's nearest real image: a feature-space k-NN shortlist,
-    re-ranked by LPIPS on those top-k pairs only when LPIPS is available."""
-    d, idx = knn(judge_feats_fake, judge_feats_real, k=top_k if lpips_fn is not None else 1)
+def nearest_real(shortlist: tuple[torch.Tensor, torch.Tensor], fake_uint8: torch.Tensor, real_uint8: torch.Tensor,
+                 lpips_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, index) of each fake image's nearest real image: the feature-space k-NN shortlist's
+    first entry, or the shortlist re-ranked by LPIPS when LPIPS is available."""
+    d, idx = shortlist
     if lpips_fn is None:
         return d[:, 0], idx[:, 0]
     n, k = idx.shape
@@ -57,13 +57,12 @@ def nearest_real(judge_feats_fake: torch.Tensor, judge_feats_real: torch.Tensor,
     return lp.gather(1, best[:, None]).squeeze(1), idx.gather(1, best[:, None]).squeeze(1)
 
 
-def nearest_pixel_copy(judge_feats_fake: torch.Tensor, judge_feats_real: torch.Tensor, fake_uint8: torch.Tensor,
-                       real_uint8: torch.Tensor, top_k: int, max_shift: int, chunk: int = 2048) -> torch.Tensor:
-    """Each fake image's smallest shift-tolerant pixel distance to its feature-space top-k real faces."""
-    _, idx = knn(judge_feats_fake, judge_feats_real, k=top_k)
+def nearest_pixel_copy(shortlist_index: torch.Tensor, fake_uint8: torch.Tensor, real_uint8: torch.Tensor,
+                       max_shift: int, chunk: int = 2048) -> torch.Tensor:
+    """Each fake image's smallest shift-tolerant pixel distance to its shortlisted real faces."""
     out = []
-    for start in range(0, len(idx), chunk):
-        rows = idx[start:start + chunk]
+    for start in range(0, len(shortlist_index), chunk):
+        rows = shortlist_index[start:start + chunk]
         n, k = rows.shape
         d = scores.pixel_copy_distance(fake_uint8[start:start + chunk].repeat_interleave(k, 0),
                                        real_uint8[rows.flatten()], max_shift)
@@ -152,17 +151,14 @@ def _manifest_csv(rows: list[dict]) -> str:
 
 
 def quality_readings(real: LabelledImages, real_feats: torch.Tensor, fake: LabelledImages, fake_feats: torch.Tensor,
-                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn,
-                     inception: InceptionReference | None = None) -> dict:
-    """Set-level metrics of `fake` against `real` (judge features), GAN-test, LPIPS diversity and
-    Inception-v3 FID/KID when those networks are available."""
+                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn) -> dict:
+    """Set-level metrics of `fake` against `real` (judge features), GAN-test, and LPIPS diversity if
+    available. Inception-v3 FID/KID come from `InceptionReference.compare`, timed apart (it is slow)."""
     out = set_metrics(real_feats, real.labels, fake_feats, fake.labels, cfg.max_real_for_metrics, cfg.seed)
     if len(fake):
         out["gan_test"] = gan_test(probs, fake.labels)
     if lpips_fn is not None:
         out["lpips_diversity"] = _lpips_diversity(lpips_fn, real, fake, cfg.seed)
-    if inception is not None:
-        out["inception"] = inception.compare(fake.images, fake.labels)
     return out
 
 
@@ -224,23 +220,23 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
         "realism": scores.realism(fake_feats, train_feats[ref], cfg.realism_k, cfg.realism_keep_radii),
         "degenerate": scores.degenerate(fake.images, cfg.min_std, cfg.max_saturated),
     }
-    s["nn_real_dist"], s["nn_real_index"] = nearest_real(fake_feats, train_feats, fake.images, train.images,
-                                                         lpips_fn, cfg.lpips_top_k)
+    # one feature-space shortlist of training faces per query set serves every memorization check
+    fake_short = knn(fake_feats, train_feats, k=cfg.lpips_top_k)
     calib = torch.randperm(len(test), generator=g)[:2000]
-    feature_nn = knn(test_feats[calib], train_feats, 1)[0][:, 0]
+    test_short = knn(test_feats[calib], train_feats, k=cfg.lpips_top_k)
+    s["nn_real_dist"], s["nn_real_index"] = nearest_real(fake_short, fake.images, train.images, lpips_fn)
+    feature_nn = test_short[0][:, 0]
     feature_threshold = scores.memorization_threshold(feature_nn, cfg.memorization_quantile)
     threshold, test_nn = feature_threshold, feature_nn
     if lpips_fn is not None:  # memorization in LPIPS, calibrated in LPIPS
-        test_nn, _ = nearest_real(test_feats[calib], train_feats, test.images[calib], train.images, lpips_fn, cfg.lpips_top_k)
+        test_nn, _ = nearest_real(test_short, test.images[calib], train.images, lpips_fn)
         threshold = scores.memorization_threshold(test_nn, cfg.memorization_quantile)
     s["memorized"] = s["nn_real_dist"] < threshold
     test_memorized = test_nn < threshold
     pixel_threshold = None
     if cfg.pixel_copies:  # the same test in pixels, shift-tolerant, calibrated the same way
-        s["nn_pixel_dist"] = nearest_pixel_copy(fake_feats, train_feats, fake.images, train.images, cfg.lpips_top_k,
-                                                cfg.pixel_max_shift)
-        test_pixel = nearest_pixel_copy(test_feats[calib], train_feats, test.images[calib], train.images,
-                                        cfg.lpips_top_k, cfg.pixel_max_shift)
+        s["nn_pixel_dist"] = nearest_pixel_copy(fake_short[1], fake.images, train.images, cfg.pixel_max_shift)
+        test_pixel = nearest_pixel_copy(test_short[1], test.images[calib], train.images, cfg.pixel_max_shift)
         pixel_threshold = scores.memorization_threshold(test_pixel, cfg.memorization_quantile)
         s["memorized"] |= s["nn_pixel_dist"] < pixel_threshold
         test_memorized |= test_pixel < pixel_threshold

@@ -49,7 +49,9 @@ def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pa
     lpips_fn, distance = load_lpips(cfg.lpips)
     inception, inception_note = inception_reference(cfg, train)
     fake_feats, probs = judge.features_and_probabilities(fake.images)
-    metrics = quality_readings(train, judge.features(train.images), fake, fake_feats, probs, cfg, lpips_fn, inception)
+    metrics = quality_readings(train, judge.features(train.images), fake, fake_feats, probs, cfg, lpips_fn)
+    if inception is not None:
+        metrics["inception"] = inception.compare(fake.images, fake.labels)
     metrics["diversity_distance"] = distance
     metrics["inception_features"] = inception_note
     if classifier is not None:
