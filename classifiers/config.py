@@ -22,6 +22,10 @@ class TrainConfig(BaseModel):
     pretrained: bool = False
 
     epochs: int = Field(30, ge=1)
+    # A fixed number of optimisation steps, whatever the training-set size: training then runs in
+    # `epochs` rounds of ceil(steps / epochs) steps (val selection after each round), so arms with
+    # different amounts of data get equal updates and equal checkpoints to select from.
+    steps: int | None = Field(None, ge=1)
     batch_size: int = Field(128, ge=2)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)

@@ -38,6 +38,7 @@ class TrainResult:
     best_val: dict = field(default_factory=dict)
     train_seconds: float = 0.0
     stopped: str = "completed"
+    steps: int = 0  # optimisation steps taken
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,7 +148,8 @@ def train_classifier(
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
     local_batch = cfg.batch_size // world
     n = len(train_labels)
-    steps_per_epoch = max(1, n // cfg.batch_size)
+    # an epoch is one pass over the data, or with `steps` one of `epochs` equal rounds of steps
+    steps_per_epoch = max(1, n // cfg.batch_size) if cfg.steps is None else math.ceil(cfg.steps / cfg.epochs)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=2) if cfg.schedule == "plateau" else None
@@ -200,8 +202,9 @@ def train_classifier(
             net.train()
             if sample_p is not None:
                 order = torch.multinomial(sample_p, steps_per_epoch * cfg.batch_size, replacement=True, generator=gen)
-            else:
-                order = torch.randperm(n, generator=gen)
+            else:  # whole shuffled passes, as many as a round of `steps` needs
+                passes = 1 if cfg.steps is None else math.ceil(steps_per_epoch * cfg.batch_size / n)
+                order = torch.cat([torch.randperm(n, generator=gen) for _ in range(passes)])
             loss_sum = torch.zeros((), device=device)
             budget_hit, steps_done = False, 0
             for s in range(steps_per_epoch):
@@ -277,4 +280,4 @@ def train_classifier(
     if best_state is not None:
         final.load_state_dict(best_state)
     final.eval()
-    return TrainResult(final, history, best["epoch"], best["val"], elapsed, stopped)
+    return TrainResult(final, history, best["epoch"], best["val"], elapsed, stopped, step)

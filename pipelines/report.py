@@ -85,6 +85,7 @@ def arm_statistics(runs: dict[str, list[dict]], n_boot: int) -> dict:
             "val_accuracy": mean_ci([m["val_accuracy_tta"] for m in rs]),
             "recall": {e: round(float(recalls[:, k].mean()), 5) for k, e in enumerate(EXPRESSIONS)},
             "train_minutes": round(sum(m["train_minutes"] for m in rs), 2),
+            "steps": round(sum(m.get("steps", 0) for m in rs) / len(rs)),  # older runs did not record it: 0
             "confusion_sum": cm.sum(0).tolist(),
         }
         common = [m for m in rs if m["seed"] in reference]
@@ -229,12 +230,12 @@ def _diff(row: dict, metric: str) -> str:
 
 
 def results_table_md(table: dict, best: str) -> list[str]:
-    lines = ["| arm | n train (synthetic) | seeds | test accuracy % [95% CI] | macro-F1 % [95% CI] | "
+    lines = ["| arm | n train (synthetic) | seeds | steps | test accuracy % [95% CI] | macro-F1 % [95% CI] | "
              "Δ accuracy vs real (paired) | disgust recall | fear recall |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm, r in table.items():
         name = f"**{arm}** (best on val)" if arm == best else arm
-        lines.append(f"| {name} | {r['n_train']} ({r['n_synthetic']}) | {len(r['seeds'])} | {_fmt(r['accuracy'])} | "
+        lines.append(f"| {name} | {r['n_train']} ({r['n_synthetic']}) | {len(r['seeds'])} | {r['steps'] or '?'} | {_fmt(r['accuracy'])} | "
                      f"{_fmt(r['macro_f1'])} | {_diff(r, 'accuracy')} | {r['recall']['disgust'] * 100:.1f} | "
                      f"{r['recall']['fear'] * 100:.1f} |")
     return lines

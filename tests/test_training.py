@@ -75,6 +75,17 @@ def test_time_budget_stops_training_and_still_selects_on_val(demo):
     assert result.best_epoch >= 1 and result.history[-1]["elapsed_minutes"] < 0.5
 
 
+def test_step_budget_gives_every_training_set_size_the_same_updates(demo):
+    """`steps` fixes the optimisation steps: a 4x larger set gets the same count, in `epochs` rounds."""
+    x, y, xv, yv = demo
+    cfg = TrainConfig(**{**TINY, "epochs": 2, "steps": 9})
+    small = train_classifier(x[:60], y[:60], xv, yv, cfg, progress=False)
+    large = train_classifier(x, y, xv, yv, cfg, progress=False)
+    assert small.steps == large.steps == 10  # 2 rounds of ceil(9 / 2) steps
+    assert len(small.history) == len(large.history) == 2  # one val selection per round
+    assert train_classifier(x, y, xv, yv, TrainConfig(**{**TINY, "epochs": 2}), progress=False).steps == 2 * (210 // 32)
+
+
 def test_train_judge_and_evaluate_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(
