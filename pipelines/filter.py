@@ -208,12 +208,14 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     console.print(f"filter: {len(fake)} synthetic faces; memorization distance: {distance}")
 
     train, test = real["train"], real["test"]
-    train_feats, test_feats = judge.features(train.images), judge.features(test.images)
-    fake_feats, probs = judge.features_and_probabilities(fake.images)
-    lap("load_and_judge_features")
-
     g = torch.Generator().manual_seed(cfg.seed)
     ref = torch.randperm(len(train), generator=g)[: cfg.max_real_for_metrics]
+    calib = torch.randperm(len(test), generator=g)[:2000]  # real test faces that calibrate memorization
+    train_feats = judge.features(train.images, fast=cfg.judge_bf16)
+    test_feats = judge.features(test.images[calib], fast=cfg.judge_bf16)
+    fake_feats, probs = judge.features_and_probabilities(fake.images, fast=cfg.judge_bf16)
+    lap("load_and_judge_features")
+
     s: dict[str, torch.Tensor] = {
         "label_prob": scores.label_fidelity(probs, fake.labels),
         "judge_pred": probs.argmax(1),
@@ -222,8 +224,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     }
     # one feature-space shortlist of training faces per query set serves every memorization check
     fake_short = knn(fake_feats, train_feats, k=cfg.lpips_top_k)
-    calib = torch.randperm(len(test), generator=g)[:2000]
-    test_short = knn(test_feats[calib], train_feats, k=cfg.lpips_top_k)
+    test_short = knn(test_feats, train_feats, k=cfg.lpips_top_k)
     s["nn_real_dist"], s["nn_real_index"] = nearest_real(fake_short, fake.images, train.images, lpips_fn)
     feature_nn = test_short[0][:, 0]
     feature_threshold = scores.memorization_threshold(feature_nn, cfg.memorization_quantile)

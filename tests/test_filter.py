@@ -63,6 +63,20 @@ def test_one_pass_features_and_probabilities_match_the_separate_calls(world):
     assert torch.allclose(probs, judge.probabilities(images), atol=1e-5)
 
 
+def test_bf16_judge_features_stay_close_to_float32(world):
+    """The filter's fast path (bf16 autocast where the hardware has it) must not move the geometry."""
+    judge = Judge.load(world[3])
+    images = draw_demo_faces([6] * 7, seed=5)[0]
+    f32, p32 = judge.features_and_probabilities(images)
+    f16, p16 = judge.features_and_probabilities(images, fast=True)
+    if not judge.fast_inference_available():
+        assert torch.equal(f16, f32)  # no native bf16: the flag changes nothing
+        return
+    assert not torch.equal(f16, f32)  # the flag did switch precision
+    assert torch.nn.functional.cosine_similarity(f16, f32, dim=1).min() > 0.995
+    assert (p16 - p32).abs().max() < 0.05
+
+
 def test_copies_duplicates_and_blanks_are_rejected_for_the_right_reason(world, tmp_path):
     q = run(world, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "filtered" / "manifest.csv")))
