@@ -359,6 +359,7 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
     page = render_html(summary, table, best, quality, figures, runs)
     atomic.write_text(Path(out_dir) / "summary.md", md)
     atomic.write_text(Path(out_dir) / "index.html", page)
+    atomic.write_json(Path(out_dir) / "summary.json", summary)  # every number of the page, for scripts
     atomic.write_json(summary_metrics, {"best_arm_on_val": best, "verdict": verdict(table, best),
                                         **{a: {"accuracy": r["accuracy"]["mean"], "macro_f1": r["macro_f1"]["mean"],
                                                "accuracy_gain_vs_real": r.get("vs_real", {}).get("accuracy", {}).get("difference")}

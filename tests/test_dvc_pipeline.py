@@ -63,7 +63,7 @@ def test_repro_is_incremental(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage_output in ("metrics/generator.json", "data/filtered/manifest.csv", "metrics/quality.json",
                          "metrics/ablation/r0.5_s1.json", "metrics/ablation/synthetic_only_s0.json",
-                         "metrics/ablation.json", "reports/index.html", "reports/summary.md",
+                         "metrics/ablation.json", "reports/index.html", "reports/summary.md", "reports/summary.json",
                          "reports/figures/gradcam_real.png", "reports/figures/samples.png"):
         assert (tmp_path / stage_output).is_file(), stage_output
     page = (tmp_path / "reports/index.html").read_text()

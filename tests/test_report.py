@@ -78,6 +78,8 @@ def test_best_ratio_is_chosen_on_val_not_test(tmp_path, monkeypatch):
     assert page.count("data:image/png;base64,") >= 4 and "r2" in page
     md = (tmp_path / "reports" / "summary.md").read_text()
     assert "best on val" in md and "synthetic_only" in md
+    saved = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert saved["arms"]["r1"]["vs_real"]["accuracy"] == r1["vs_real"]["accuracy"]
     assert (tmp_path / "reports/plots/accuracy_vs_ratio.csv").read_text().startswith("ratio,accuracy,macro_f1")
     assert best_arm_on_val(summary["arms"]) == "r2"
 
