@@ -151,10 +151,12 @@ def _manifest_csv(rows: list[dict]) -> str:
 
 
 def quality_readings(real: LabelledImages, real_feats: torch.Tensor, fake: LabelledImages, fake_feats: torch.Tensor,
-                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn) -> dict:
-    """Set-level metrics of `fake` against `real` (judge features), GAN-test, and LPIPS diversity if
-    available. Inception-v3 FID/KID come from `InceptionReference.compare`, timed apart (it is slow)."""
-    out = set_metrics(real_feats, real.labels, fake_feats, fake.labels, cfg.max_real_for_metrics, cfg.seed)
+                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn, max_fake: int | None = None) -> dict:
+    """Set-level metrics of `fake` against `real` (judge features; at most max_fake synthetic faces),
+    GAN-test, and LPIPS diversity if available. Inception-v3 FID/KID come from
+    `InceptionReference.compare`, timed apart (it is slow)."""
+    out = set_metrics(real_feats, real.labels, fake_feats, fake.labels, cfg.max_real_for_metrics, cfg.seed,
+                      max_fake=max_fake)
     if len(fake):
         out["gan_test"] = gan_test(probs, fake.labels)
     if lpips_fn is not None:
@@ -267,8 +269,11 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
             rejected[r["reason"]][r["expression"]] += 1
 
     console.print("filter: measuring the set before and after filtering")
-    before = quality_readings(train, train_feats, fake, fake_feats, probs, cfg, lpips_fn)
-    after = quality_readings(train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn)
+    # before and after measured on equally many synthetic faces, so coverage and recall compare
+    n_measured = max(1, min(int(kept.sum()), cfg.max_real_for_metrics))
+    before = quality_readings(train, train_feats, fake, fake_feats, probs, cfg, lpips_fn, max_fake=n_measured)
+    after = quality_readings(train, train_feats, kept_set, fake_feats[kept], probs[kept], cfg, lpips_fn,
+                             max_fake=n_measured)
     lap("set_metrics_before_after")
     inception, inception_note = inception_reference(cfg, train)
     console.print(f"filter: {inception_note}")

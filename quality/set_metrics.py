@@ -79,14 +79,20 @@ def mean_pairwise_distance(features: Tensor, pairs: int = 2000, seed: int = 0) -
 
 
 def set_metrics(real: Tensor, real_labels: Tensor, fake: Tensor, fake_labels: Tensor,
-                max_real: int = 10000, seed: int = 0, kid_subset: int = 500) -> dict:
+                max_real: int = 10000, seed: int = 0, kid_subset: int = 500, max_fake: int | None = None) -> dict:
     """Every set-level metric overall, and KID / diversity per class. Real is subsampled to max_real
-    (class-stratified by random choice) so the k-NN metrics stay cheap on the full FER2013 train."""
+    and fake to max_fake (random, so class mixes are kept in expectation): the k-NN metrics stay cheap
+    at FER2013 scale, and two fake sets compared at the same max_fake are measured at the same size
+    (recall, coverage and FID all move with the number of samples, not only with their quality)."""
     g = torch.Generator().manual_seed(seed)
     if len(real) > max_real:
         pick = torch.randperm(len(real), generator=g)[:max_real]
         real, real_labels = real[pick], real_labels[pick]
-    out: dict = {"n_real": len(real), "n_synthetic": len(fake)}
+    out: dict = {"n_real": len(real), "n_synthetic_measured": min(len(fake), max_fake or len(fake)),
+                 "n_synthetic": len(fake)}
+    if max_fake is not None and len(fake) > max_fake:
+        pick = torch.randperm(len(fake), generator=torch.Generator().manual_seed(seed + 1))[:max_fake]
+        fake, fake_labels = fake[pick], fake_labels[pick]
     if len(fake) < 6:
         out["note"] = "fewer than 6 synthetic images: set-level metrics skipped"
         return out

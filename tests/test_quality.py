@@ -72,6 +72,19 @@ def test_metrics_react_the_right_way():
     assert "kid" in out["per_class"]["disgust"]
 
 
+def test_synthetic_sets_compared_at_one_size_because_coverage_grows_with_samples():
+    """The filter measures before and after at the same max_fake: the same distribution measured
+    with more samples scores a higher coverage and recall, which would flatter the unfiltered set."""
+    real, _ = gaussian_sets()
+    labels = torch.arange(2000) % 7
+    more = torch.cat([gaussian_sets(seed=s)[0] for s in range(1, 6)])  # 2,000 faces from real's distribution
+    full = set_metrics(real, labels[:400], more, labels, kid_subset=50)
+    capped = set_metrics(real, labels[:400], more, labels, kid_subset=50, max_fake=200)
+    assert full["n_synthetic_measured"] == 2000 and capped["n_synthetic_measured"] == 200 == sum(
+        row["n_synthetic"] for row in capped["per_class"].values())
+    assert full["coverage"] > capped["coverage"] + 0.05 and full["recall"] > capped["recall"]
+
+
 def test_chunked_knn_matches_brute_force():
     a, b = torch.randn(50, 8), torch.randn(70, 8)
     d, i = knn(a, b, k=3, chunk=7)
