@@ -87,6 +87,15 @@ def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
     return (w / (w * counts).sum() * counts.sum()).float()  # mean weight over samples = 1
 
 
+def stream_of_passes(n: int, start: int, count: int, seed: int) -> torch.Tensor:
+    """Items start .. start+count-1 of an endless stream of shuffled passes over range(n), pass p
+    shuffled by seed + p: stateless, so a resumed run continues the same stream."""
+    first, last = start // n, (start + count - 1) // n
+    stream = torch.cat([torch.randperm(n, generator=torch.Generator().manual_seed(seed + p))
+                        for p in range(first, last + 1)])
+    return stream[start - first * n : start - first * n + count]
+
+
 def _lr_factor(progress: float, warmup: float) -> float:
     """Linear warm-up then cosine decay to 0, as a function of the fraction of training done."""
     if progress < warmup:
@@ -202,9 +211,11 @@ def train_classifier(
             net.train()
             if sample_p is not None:
                 order = torch.multinomial(sample_p, steps_per_epoch * cfg.batch_size, replacement=True, generator=gen)
-            else:  # whole shuffled passes, as many as a round of `steps` needs
-                passes = 1 if cfg.steps is None else math.ceil(steps_per_epoch * cfg.batch_size / n)
-                order = torch.cat([torch.randperm(n, generator=gen) for _ in range(passes)])
+            elif cfg.steps is None:
+                order = torch.randperm(n, generator=gen)
+            else:  # rounds of `steps` cut an endless stream of passes: every face once per pass
+                draws = steps_per_epoch * cfg.batch_size
+                order = stream_of_passes(n, epoch * draws, draws, seed=cfg.seed * 1009 + 7919)
             loss_sum = torch.zeros((), device=device)
             budget_hit, steps_done = False, 0
             for s in range(steps_per_epoch):

@@ -86,6 +86,16 @@ def test_step_budget_gives_every_training_set_size_the_same_updates(demo):
     assert train_classifier(x, y, xv, yv, TrainConfig(**{**TINY, "epochs": 2}), progress=False).steps == 2 * (210 // 32)
 
 
+def test_step_rounds_walk_whole_passes_over_the_data():
+    from classifiers.training import stream_of_passes
+
+    rounds = [stream_of_passes(10, r * 4, 4, seed=3) for r in range(5)]  # 5 rounds of 4 = 2 passes over 10
+    seen = torch.cat(rounds)
+    assert torch.equal(seen[:10].sort().values, torch.arange(10))
+    assert torch.equal(seen[10:].sort().values, torch.arange(10))
+    assert torch.equal(stream_of_passes(10, 8, 4, seed=3), rounds[2])  # stateless: a resume continues it
+
+
 def test_train_judge_and_evaluate_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(
