@@ -2,7 +2,7 @@
 
 The filter embeds every training face, the calibration test faces and every synthetic face with
 the judge (~80,000 faces for 50,000 synthetic against FER2013's 28,709). This times the float32
-pass against the bf16-autocast + channels_last pass the filter uses on CPUs with native bf16, in
+pass against the bf16-autocast pass the filter uses on CPUs with native bf16, in
 alternating repeats (so machine load hits both alike), prints faces/s of each and the ratio, and how
 far the bf16 features and probabilities are from float32 ones (cosine, argmax agreement, and
 whether each face's nearest training face is the same).

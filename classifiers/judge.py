@@ -45,23 +45,27 @@ class Judge:
         out = [self.model(x).float().cpu() for x in self._batches(images_uint8, batch_size)]
         return torch.cat(out) if out else torch.zeros(0, 7)
 
+    def _embed(self, images_uint8: torch.Tensor, batch_size: int, fast: bool) -> torch.Tensor:
+        """Penultimate features, float32, left on the judge's device."""
+        with self._autocast(fast):
+            out = [self.model.features(x).float() for x in self._batches(images_uint8, batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.model.feature_dim, device=self.device)
+
     @torch.no_grad()
     def features(self, images_uint8: torch.Tensor, batch_size: int = 512, fast: bool = False) -> torch.Tensor:
         """Penultimate-layer features (N x feature_dim); `fast`: bf16 autocast where it pays off."""
-        with self._autocast(fast):
-            out = [self.model.features(x).float().cpu() for x in self._batches(images_uint8, batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.model.feature_dim)
+        return self._embed(images_uint8, batch_size, fast).cpu()
 
     @torch.no_grad()
     def features_and_probabilities(self, images_uint8: torch.Tensor, batch_size: int = 512, fast: bool = False
                                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both from one forward pass (half the cost of calling the two methods on large sets). The
         head runs in float32 on the features, so calibrated probabilities keep their precision."""
-        f = self.features(images_uint8, batch_size, fast=fast)
+        f = self._embed(images_uint8, batch_size, fast)
         if not len(f):
-            return f, torch.zeros(0, 7)
-        logits = torch.cat([self.model.head(chunk.to(self.device)).float() for chunk in f.split(batch_size)])
-        return f, torch.softmax(logits.cpu() / self.temperature, dim=1)
+            return f.cpu(), torch.zeros(0, 7)
+        logits = torch.cat([self.model.head(chunk).float() for chunk in f.split(batch_size)])
+        return f.cpu(), torch.softmax(logits.cpu() / self.temperature, dim=1)
 
     def probabilities(self, images_uint8: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Calibrated class probabilities: softmax(logits / temperature)."""
