@@ -15,6 +15,13 @@ from classifiers.saved_model import load_classifier, save_classifier
 class Judge:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, temperature: float = 1.0) -> None:
         self.model, self.cfg, self.temperature = model.eval(), cfg, float(temperature)
+        self.memory_format = torch.contiguous_format
+
+    def use_channels_last(self) -> "Judge":
+        """NHWC weights and batches: oneDNN's and cuDNN's fast layout for bf16 convolutions."""
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
+        return self
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Judge":
@@ -34,7 +41,8 @@ class Judge:
 
     def _batches(self, images_uint8: torch.Tensor, batch_size: int):
         for i in range(0, len(images_uint8), batch_size):
-            yield preprocess(images_uint8[i : i + batch_size], self.cfg.augment.equalize).to(self.device)
+            x = preprocess(images_uint8[i : i + batch_size], self.cfg.augment.equalize).to(self.device)
+            yield x.contiguous(memory_format=self.memory_format)
 
     def _autocast(self, fast: bool):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=fast and self.fast_inference_available())

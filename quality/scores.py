@@ -18,9 +18,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from quality.neighbours import knn, kth_radius
+from quality.neighbours import kth_radius, partial_squared_distances
 
 
 def label_fidelity(probabilities: Tensor, labels: Tensor) -> Tensor:
@@ -46,6 +47,14 @@ def memorization_threshold(test_to_train: Tensor, quantile: float) -> float:
     return float(torch.quantile(d.double(), quantile))
 
 
+def exact_copies(query_uint8: Tensor, reference_uint8: Tensor, shortlist_index: Tensor) -> Tensor:
+    """Per query image: are its pixels identical to one of its shortlisted reference images?"""
+    if len(query_uint8) == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    candidates = reference_uint8[shortlist_index]  # n x k x 1 x 48 x 48
+    return (candidates == query_uint8[:, None]).flatten(2).all(2).any(1)
+
+
 def standardise(images_uint8: Tensor) -> Tensor:
     """Per image zero mean, unit std (float32): brightness and contrast changes do not hide a copy."""
     x = images_uint8.float()
@@ -57,7 +66,36 @@ def standardise(images_uint8: Tensor) -> Tensor:
 def pixel_copy_distance(a_uint8: Tensor, b_uint8: Tensor, max_shift: int = 2) -> Tensor:
     """Per pair (a[i], b[i]): min over integer shifts |dx|, |dy| <= max_shift of the RMS difference
     between a's central crop and the shifted crop of b, both standardised. 0 for an exact copy,
-    ~1.4 for unrelated faces. 25 whole-batch tensor ops for max_shift 2, no per-image Python."""
+    ~1.4 for unrelated faces.
+
+    |c - w|^2 = |c|^2 + |w|^2 - 2 c.w for every shift at once: c.w for all (2m+1)^2 shifts is one
+    grouped convolution (each pair its own group), |w|^2 one box filter of b^2. That ranks the
+    shifts; the RMS at the best shift is then recomputed directly, so float32 cancellation in the
+    expansion cannot blur an exact copy (distance 0). No per-image Python, and no (2m+1)^2 passes
+    over the batch (benchmarks/bench_filter.py times it against `pixel_copy_distance_reference`)."""
+    if len(a_uint8) == 0:
+        return torch.zeros(0)
+    a, b = standardise(a_uint8), standardise(b_uint8)
+    n, m, h, w = len(a), max_shift, a.shape[-2], a.shape[-1]
+    centre = a[:, :, m:h - m, m:w - m]  # n x 1 x (h-2m) x (w-2m)
+    area = centre.shape[-2] * centre.shape[-1]
+    cross = F.conv2d(b.reshape(1, n, h, w), centre, groups=n).reshape(n, -1)  # n x (2m+1)^2
+    window_sq = F.avg_pool2d(b.square(), centre.shape[-2:], stride=1).reshape(n, -1) * area
+    centre_sq = centre.square().sum(dim=(1, 2, 3))
+    shift = (centre_sq[:, None] + window_sq - 2 * cross).argmin(1)  # index dy * (2m+1) + dx, offsets from 0
+    best = torch.empty(n)
+    side = 2 * m + 1
+    for s in shift.unique().tolist():  # at most (2m+1)^2 groups, each a whole-batch op
+        rows = torch.nonzero(shift == s).flatten()
+        dy, dx = divmod(s, side)
+        window = b[rows, :, dy:dy + h - 2 * m, dx:dx + w - 2 * m]
+        best[rows] = (centre[rows] - window).square().mean(dim=(1, 2, 3)).sqrt()
+    return best
+
+
+def pixel_copy_distance_reference(a_uint8: Tensor, b_uint8: Tensor, max_shift: int = 2) -> Tensor:
+    """The same distance the plain way, one pass per shift: the reference the fast version is
+    tested and benchmarked against."""
     a, b = standardise(a_uint8), standardise(b_uint8)
     m, h, w = max_shift, a.shape[-2], a.shape[-1]
     centre = a[..., m:h - m, m:w - m]
@@ -69,24 +107,41 @@ def pixel_copy_distance(a_uint8: Tensor, b_uint8: Tensor, max_shift: int = 2) ->
     return best
 
 
-def near_duplicates(features: Tensor, threshold: float, candidates: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def near_duplicates(features: Tensor, threshold: float, candidates: Tensor | None = None,
+                    chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """(is_duplicate, distance to nearest other synthetic image). Greedy in index order: image j is a
     duplicate when an earlier image that is not itself a duplicate lies within the threshold.
 
+    One chunked pass of distances: the nearest distance is a row minimum, and the close pairs (few)
+    are kept sparse, so every neighbour within the threshold counts, not only the k nearest.
     candidates: bool mask of images still in the running (others neither count nor are marked)."""
     n = len(features)
     mask = torch.ones(n, dtype=torch.bool) if candidates is None else candidates.clone()
-    dup = torch.zeros(n, dtype=torch.bool)
     nearest = torch.full((n,), float("inf"))
     if n < 2:
-        return dup, nearest
-    d, idx = knn(features, features, k=min(10, n - 1), exclude_self=True)
-    nearest = d[:, 0]
-    for j in torch.nonzero(mask & (nearest < threshold)).flatten().tolist():  # only the few close ones loop
-        close = idx[j][(d[j] < threshold)]
-        if bool((mask[close] & ~dup[close] & (close < j)).any()):
-            dup[j] = True
-    return dup, nearest
+        return torch.zeros(n, dtype=torch.bool), nearest
+    features = features.float()
+    norms_sq = features.square().sum(1)
+    pairs = []
+    for start in range(0, n, chunk):
+        d = partial_squared_distances(features[start:start + chunk], features, norms_sq)  # + |q|^2 = distance^2
+        rows = torch.arange(d.shape[0])
+        d[rows, rows + start] = float("inf")
+        limit = threshold ** 2 - norms_sq[start:start + len(rows)]  # distance < threshold <=> d < limit
+        row_min = d.min(1).values
+        nearest[start:start + len(rows)] = (row_min - limit + threshold ** 2).clamp(min=0).sqrt()
+        some = torch.nonzero(row_min < limit).flatten()  # usually few rows have any close pair
+        j, i = torch.nonzero(d[some] < limit[some, None], as_tuple=True)
+        pairs.append(torch.stack([some[j] + start, i], 1))
+    close = torch.cat(pairs)
+    close = close[close[:, 1] < close[:, 0]]  # (j, earlier i)
+    earlier: dict[int, list[int]] = {}
+    for j, i in close.tolist():  # only the few close pairs loop
+        earlier.setdefault(j, []).append(i)
+    live, is_dup = mask.tolist(), [False] * n
+    for j in sorted(earlier):
+        is_dup[j] = live[j] and any(live[i] and not is_dup[i] for i in earlier[j])
+    return torch.tensor(is_dup, dtype=torch.bool), nearest
 
 
 def degenerate(images_uint8: Tensor, min_std: float, max_saturated: float) -> Tensor:

@@ -75,6 +75,9 @@ def test_bf16_judge_features_stay_close_to_float32(world):
     assert not torch.equal(f16, f32)  # the flag did switch precision
     assert torch.nn.functional.cosine_similarity(f16, f32, dim=1).min() > 0.995
     assert (p16 - p32).abs().max() < 0.05
+    fcl, pcl = Judge.load(world[3]).use_channels_last().features_and_probabilities(images, fast=True)  # the filter's path
+    assert torch.nn.functional.cosine_similarity(fcl, f32, dim=1).min() > 0.995
+    assert (pcl - p32).abs().max() < 0.05
 
 
 def test_copies_duplicates_and_blanks_are_rejected_for_the_right_reason(world, tmp_path):
@@ -160,3 +163,17 @@ def test_missing_inputs_are_one_line_errors(world, tmp_path):
     with pytest.raises(UserError, match="synthetic set not found"):
         run_filter(FilterConfig(), prepared, root / "nothing", judge_path, tmp_path / "f")
     assert not (tmp_path / "f").exists()
+
+
+def test_cas_before_and_after_filtering_lands_in_quality_json_and_the_report_table(world, tmp_path):
+    from pipelines.report import quality_table_md
+
+    off = run(world, tmp_path / "off")
+    assert "off" in off["cas"] and "cas" not in off["before"]
+    q = run(world, tmp_path, cas_steps=4, cas_rounds=1)
+    assert json.loads((tmp_path / "quality.json").read_text())["cas"]["steps"] == 4
+    for when in ("before", "after"):
+        assert 0 <= q[when]["cas"]["accuracy"] <= 1 and q["cas"][when]["n_train"] == sum(q["cas"]["n_per_class"].values())
+    assert "cas_before_after" in q["seconds"]
+    row = next(r for r in quality_table_md(q) if r.startswith("| CAS accuracy"))
+    assert str(q["before"]["cas"]["accuracy"]) in row and "after − before" in row

@@ -133,3 +133,43 @@ def test_pixel_copy_distance_sees_through_shift_light_and_noise_but_not_other_fa
     assert scores.pixel_copy_distance(shifted, a).max() < 0.2  # only the rolled-in border differs
     assert scores.pixel_copy_distance(noisy, a).max() < 0.3
     assert scores.pixel_copy_distance(a, other).min() > 0.4
+
+
+@pytest.mark.parametrize("max_shift", [0, 1, 2, 3])
+def test_fast_pixel_copy_distance_equals_the_one_pass_per_shift_reference(max_shift):
+    g = torch.Generator().manual_seed(max_shift)
+    a = torch.randint(0, 256, (120, 1, 48, 48), dtype=torch.uint8, generator=g)
+    b = a[torch.randperm(120, generator=g)]
+    b[:40] = torch.roll(a[:40], shifts=(1, -2), dims=(2, 3))  # shifted copies: the best shift is not 0
+    b[40:60] = a[40:60]
+    fast, ref = scores.pixel_copy_distance(a, b, max_shift), scores.pixel_copy_distance_reference(a, b, max_shift)
+    assert torch.allclose(fast, ref, atol=1e-5)
+    assert fast[40:60].max() == 0  # exact copies stay exactly 0 despite the |c|^2 + |w|^2 - 2cw expansion
+    assert len(scores.pixel_copy_distance(a[:0], b[:0], max_shift)) == 0
+
+
+def test_near_duplicates_match_a_brute_force_greedy_even_in_crowded_clusters():
+    """Clusters of 15 near-identical points: more close neighbours than any top-k shortlist would hold."""
+    g = torch.Generator().manual_seed(0)
+    centres = 10 * torch.randn(20, 8, generator=g)
+    feats = (centres.repeat_interleave(15, 0) + 0.01 * torch.randn(300, 8, generator=g))
+    feats = torch.cat([feats, 10 * torch.randn(100, 8, generator=g)])[torch.randperm(400, generator=g)]
+    candidates = torch.rand(400, generator=g) > 0.2
+    dup, nearest = scores.near_duplicates(feats, threshold=0.1, candidates=candidates, chunk=64)
+    d = torch.cdist(feats, feats).fill_diagonal_(float("inf"))
+    expected = torch.zeros(400, dtype=torch.bool)
+    for j in range(400):  # the definition, one image at a time
+        earlier = torch.arange(j)[(d[j, :j] < 0.1)]
+        expected[j] = bool(candidates[j]) and bool((candidates[earlier] & ~expected[earlier]).any())
+    assert torch.equal(dup, expected) and int(dup.sum()) > 200
+    assert torch.allclose(nearest, d.min(1).values, atol=2e-2)  # float32 |a|^2 + |b|^2 - 2ab, as in cdist
+
+
+def test_exact_copies_are_found_in_pixels_among_the_shortlist():
+    from pipelines.sources.demo_faces import draw_demo_faces
+
+    faces = draw_demo_faces([3] * 7, seed=2)[0]
+    reference, query = faces[:15], torch.cat([faces[3:5], faces[15:18]])
+    shortlist = torch.tensor([[0, 3], [4, 1], [0, 1], [2, 5], [6, 7]])
+    assert scores.exact_copies(query, reference, shortlist).tolist() == [True, True, False, False, False]
+    assert scores.exact_copies(query[:0], reference, shortlist[:0]).shape == (0,)
