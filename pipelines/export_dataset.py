@@ -70,6 +70,8 @@ def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepare
         "|---|---|---|",
         *(row(k) for k in ("fid", "kid", "precision", "recall", "density", "coverage")),
         f"| GAN-test | {before.get('gan_test', {}).get('overall', 'n/a')} | {after.get('gan_test', {}).get('overall', 'n/a')} |",
+        f"| CAS accuracy (train on synthetic only, test on real) | {before.get('cas', {}).get('accuracy', 'n/a')} | "
+        f"{after.get('cas', {}).get('accuracy', 'n/a')} |",
         "",
         "## Memorization check",
         f"{quality.get('copies_of_training_faces', 0)} generated faces were closer to a real training face than the "
