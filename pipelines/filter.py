@@ -208,7 +208,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     (fake, seeds) = load_synthetic(synthetic_dir)
     judge = load_judge(judge_path)
     if cfg.judge_bf16 and judge.fast_inference_available():
-        judge.use_channels_last()  # with bf16: 1.5x the faces/s of NCHW (benchmarks/bench_judge_features.py)
+        judge.use_channels_last()  # with bf16: 1.5-1.8x the faces/s of NCHW (benchmarks/bench_judge_features.py)
     if len(fake) == 0:
         raise UserError(f"{synthetic_dir}: the synthetic set is empty; check generate's counts in params.yaml")
     lpips_fn, distance = load_lpips(cfg.lpips)

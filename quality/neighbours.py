@@ -1,8 +1,8 @@
 """Chunked k-nearest-neighbour search in feature space (matrix products, never all pairs in memory).
 
 Hand-written because the sets are small (<= ~10^5 x a few hundred dims) and chunked squared
-distances (one matrix product) plus `topk` are all that is needed; faiss / scikit-learn's NearestNeighbors would add a dependency
-or copy to numpy without being faster at this size on 2 cores.
+distances (one matrix product) plus `topk` are all that is needed; faiss / scikit-learn's
+NearestNeighbors would add a dependency or copy to numpy without being faster at this size on 2 cores.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def pixel_copy_distance(a_uint8: Tensor, b_uint8: Tensor, max_shift: int = 2) ->
     grouped convolution (each pair its own group), |w|^2 one box filter of b^2. That ranks the
     shifts; the RMS at the best shift is then recomputed directly, so float32 cancellation in the
     expansion cannot blur an exact copy (distance 0). No per-image Python, and no (2m+1)^2 passes
-    over the batch (benchmarks/bench_filter.py times it against `pixel_copy_distance_reference`)."""
+    over the batch (benchmarks/bench_filter_parts.py times it against `pixel_copy_distance_reference`)."""
     if len(a_uint8) == 0:
         return torch.zeros(0)
     a, b = standardise(a_uint8), standardise(b_uint8)
