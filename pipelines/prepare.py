@@ -18,15 +18,35 @@ from pipelines.sources.image_folder import read_image_folder
 from pipelines.splits import duplicate_report, nested_subsample, stratified_split
 
 
+def resolve_data_path(path: str, cwd: Path | None = None) -> Path:
+    """`data.path` as given, or, when it is relative and missing, relative to the project a queued
+    experiment was copied from.
+
+    `dvc exp run --queue` runs each experiment in a copy of the project under
+    `<project>/.dvc/tmp/exps/<tmp>/`, where a relative path such as `../shared/fer2013.csv.gz` points
+    nowhere; the user meant it relative to `<project>`, as in a plain `dvc repro`.
+    """
+    given = Path(path)
+    if given.is_absolute() or given.exists():
+        return given
+    parts = (cwd or Path.cwd()).resolve().parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            origin = Path(*parts[:i]) / given
+            return origin if origin.exists() else given
+    return given
+
+
 def read_source(cfg: DataConfig) -> RawSplits:
     if cfg.source == "demo":
         from pipelines.sources.demo_faces import draw_demo_faces
 
         images, labels = draw_demo_faces(cfg.demo_per_class, seed=cfg.seed)
         return RawSplits({"all": (images, labels)}, presplit=False)
+    path = resolve_data_path(cfg.path)
     if cfg.source == "fer2013":
-        return read_fer2013_csv(cfg.path, lenient=cfg.lenient)
-    return read_image_folder(cfg.path, cfg.class_map, lenient=cfg.lenient)
+        return read_fer2013_csv(path, lenient=cfg.lenient)
+    return read_image_folder(path, cfg.class_map, lenient=cfg.lenient)
 
 
 def assign_splits(raw: RawSplits, cfg: DataConfig) -> dict[str, LabelledImages]:
@@ -54,7 +74,7 @@ def class_counts(labels: torch.Tensor) -> dict[str, int]:
 def _source_fingerprint(cfg: DataConfig) -> dict:
     if cfg.source == "demo":
         return {"kind": "demo", "seed": cfg.seed}
-    path = Path(cfg.path)
+    path = resolve_data_path(cfg.path)
     info = {"kind": cfg.source, "path": str(path)}
     if path.is_file():
         info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()

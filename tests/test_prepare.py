@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.prepare import resolve_data_path
 from pipelines.prepared_data import load_manifest, load_prepared
 from tests.conftest import FER2013, needs_fer2013, write_fer_csv, write_params
 
@@ -65,6 +66,25 @@ def test_gzipped_csv_equals_plain(tmp_path, fer_rows):
     _, out_gz = prepare(tmp_path / "b", source="fer2013", path=str(gz)) if (tmp_path / "b").mkdir() is None else None
     for split in ("train", "val", "test"):
         assert (out_plain / f"{split}.safetensors").read_bytes() == (out_gz / f"{split}.safetensors").read_bytes()
+
+
+def test_relative_data_path_inside_a_queued_experiment(tmp_path, fer_rows, monkeypatch):
+    """`dvc exp run --queue` runs in <project>/.dvc/tmp/exps/<tmp>/: a relative data.path means <project>/path."""
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    write_fer_csv(tmp_path / "shared" / "fer.csv", fer_rows)
+    assert resolve_data_path("../shared/fer.csv", cwd=copy).resolve() == (tmp_path / "shared" / "fer.csv").resolve()
+    assert resolve_data_path("../shared/fer.csv", cwd=project) == Path("../shared/fer.csv"), "plain runs: as given"
+    write_fer_csv(copy / "here.csv", fer_rows)
+    monkeypatch.chdir(copy)
+    assert resolve_data_path("here.csv") == Path("here.csv"), "a path that exists where we run wins"
+    result, out = prepare(copy, source="fer2013", path="../shared/fer.csv")
+    assert result.exit_code == 0, result.output
+    assert len(load_prepared(out)["train"]) == 140
+    result, out = prepare(copy / "x", source="fer2013", path="../nowhere/fer.csv") if (copy / "x").mkdir() is None else None
+    assert_user_error(result, out, "nowhere/fer.csv", "file not found")
 
 
 def test_icml_face_data_layout(tmp_path, fer_rows):
