@@ -29,6 +29,12 @@ from pipelines.merge import class_permutations
 from pipelines.prepared_data import LabelledImages
 
 
+def cas_accuracy(quality: dict, when: str, missing: str | None = "n/a") -> float | str | None:
+    """CAS accuracy for `when` ("before"/"after") from a quality.json, or `missing` where CAS was off."""
+    cas = quality.get("cas")
+    return cas.get(when, {}).get("accuracy", missing) if isinstance(cas, dict) else missing
+
+
 def cas_counts(real_labels: torch.Tensor, kept_labels: torch.Tensor) -> list[int]:
     """Faces per class for both CAS sets: the real train count, capped by what the filter kept."""
     real = torch.bincount(real_labels, minlength=len(EXPRESSIONS))

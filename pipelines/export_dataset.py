@@ -13,6 +13,7 @@ from pathlib import Path
 from classifiers.labels import EXPRESSIONS
 from generators.sampling import file_sha256, read_metadata
 from pipelines import atomic
+from pipelines.cas import cas_accuracy
 from pipelines.errors import UserError
 from pipelines.generate import CSV_FILE, export_csv, export_png, load_synthetic
 from pipelines.prepared_data import load_manifest
@@ -70,8 +71,8 @@ def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepare
         "|---|---|---|",
         *(row(k) for k in ("fid", "kid", "precision", "recall", "density", "coverage")),
         f"| GAN-test | {before.get('gan_test', {}).get('overall', 'n/a')} | {after.get('gan_test', {}).get('overall', 'n/a')} |",
-        f"| CAS accuracy (train on synthetic only, test on real) | {before.get('cas', {}).get('accuracy', 'n/a')} | "
-        f"{after.get('cas', {}).get('accuracy', 'n/a')} |",
+        f"| CAS accuracy (train on synthetic only, test on real) | {cas_accuracy(quality, 'before')} | "
+        f"{cas_accuracy(quality, 'after')} |",
         "",
         "## Memorization check",
         f"{quality.get('copies_of_training_faces', 0)} generated faces were closer to a real training face than the "

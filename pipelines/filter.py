@@ -297,9 +297,6 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     cas = None
     if cfg.cas_steps:  # train on synthetic only, before and after filtering, equal per-class counts
         cas = cas_before_after(judge.cfg, cfg.cas_steps, cfg.cas_rounds, cfg.seed, fake, kept, real, console)
-        for when in ("before", "after"):
-            if when in cas:
-                (before if when == "before" else after)["cas"] = {k: cas[when][k] for k in ("accuracy", "macro_f1")}
         lap("cas_before_after")
     per_class_kept = {e: int((kept & (fake.labels == c)).sum()) for c, e in enumerate(EXPRESSIONS)}
     per_class_total = {e: int((fake.labels == c).sum()) for c, e in enumerate(EXPRESSIONS)}

@@ -29,6 +29,7 @@ from scipy import stats
 from classifiers.labels import EXPRESSIONS
 from classifiers.metrics import confusion_matrices, paired_bootstrap_over_seeds, scores_from_confusion
 from pipelines import atomic
+from pipelines.cas import cas_accuracy
 from pipelines.config import AblationConfig
 from pipelines.errors import UserError
 from pipelines.plots import plot_confusion, plt, save_figure
@@ -260,11 +261,11 @@ def quality_table_md(quality: dict) -> list[str]:
         rows.append(f"| {k} (Inception) | {b} | {a} | {note} |")
     rows.append(f"| GAN-test | {before.get('gan_test', {}).get('overall', 'n/a')} | "
                 f"{after.get('gan_test', {}).get('overall', 'n/a')} | judge agrees with the conditioning label |")
-    if "cas" in before or "cas" in after:
-        cas = quality.get("cas", {})
+    if isinstance(quality.get("cas"), dict):
+        cas = quality["cas"]
         d = cas.get("after_minus_before", {})
         gap = f"; after − before {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d else ""
-        rows.append(f"| CAS accuracy | {before.get('cas', {}).get('accuracy', 'n/a')} | {after.get('cas', {}).get('accuracy', 'n/a')} | "
+        rows.append(f"| CAS accuracy | {cas_accuracy(quality, 'before')} | {cas_accuracy(quality, 'after')} | "
                     f"train on synthetic only, test on real ({sum(cas.get('n_per_class', {}).values())} faces each, "
                     f"{cas.get('steps')} steps{gap}) |")
     rows.append(f"| images | {quality.get('n_generated')} | {quality.get('n_kept')} | generated → kept |")
@@ -353,7 +354,7 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
         "quality": {k: quality.get(k) for k in ("n_generated", "n_kept", "memorization_distance", "copies_of_training_faces")}
         | {when: {**{k: quality.get(when, {}).get(k) for k in ("fid", "kid", "precision", "recall", "density", "coverage")},
                   **{f"{k}_inception": quality.get(when, {}).get("inception", {}).get(k) for k in ("fid", "kid")},
-                  "cas_accuracy": quality.get(when, {}).get("cas", {}).get("accuracy")}
+                  "cas_accuracy": cas_accuracy(quality, when, missing=None)}
            for when in ("before", "after")},
         "generator": {k: generator.get(k) for k in ("kind", "gan_test", "kid", "steps", "train_minutes", "steps_per_s")},
         "judge_test_accuracy": (judge.get("test") or {}).get("accuracy"),
