@@ -116,7 +116,6 @@ def near_duplicates(features: Tensor, threshold: float, candidates: Tensor | Non
     are kept sparse, so every neighbour within the threshold counts, not only the k nearest.
     candidates: bool mask of images still in the running (others neither count nor are marked)."""
     n = len(features)
-    mask = torch.ones(n, dtype=torch.bool) if candidates is None else candidates.clone()
     nearest = torch.full((n,), float("inf"))
     if n < 2:
         return torch.zeros(n, dtype=torch.bool), nearest
@@ -138,7 +137,7 @@ def near_duplicates(features: Tensor, threshold: float, candidates: Tensor | Non
     earlier: dict[int, list[int]] = {}
     for j, i in close.tolist():  # only the few close pairs loop
         earlier.setdefault(j, []).append(i)
-    live, is_dup = mask.tolist(), [False] * n
+    live, is_dup = ([True] * n if candidates is None else candidates.tolist()), [False] * n
     for j in sorted(earlier):
         is_dup[j] = live[j] and any(live[i] and not is_dup[i] for i in earlier[j])
     return torch.tensor(is_dup, dtype=torch.bool), nearest
