@@ -1,8 +1,10 @@
 """The whole DVC pipeline on tiny demo data: it runs to the report, a second `dvc repro` reruns nothing,
-and a classifier-only change retrains only the ablation's classifiers (not the judge, GAN or filter)."""
+a classifier-only change retrains only the ablation's classifiers (not the judge, GAN or filter), and an
+experiment run outside the workspace (the executor `dvc exp run --queue` uses) keeps its metrics and report."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -81,3 +83,37 @@ def test_repro_is_incremental(tmp_path):
     ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
     assert {"train_real@real-0", "train_mix@0.5-1", "train_cas@0", "report"} <= ran, ran
     assert not ran & {"prepare", "train_judge", "train_gan", "generate", "filter"}, ran
+
+    # --temp runs in a copy under .dvc/tmp/exps, like every queued experiment: what it does not hand
+    # to DVC's cache or to git is lost with the copy (the FER2013 study lost its metrics that way)
+    _run(tmp_path, "git", "add", "-A")
+    _run(tmp_path, "git", "commit", "-qm", "baseline")
+    in_git = _run(tmp_path, "git", "ls-files").stdout.split()
+    assert "metrics/ablation.json" in in_git and "reports/summary.json" in in_git  # numbers: git may track them
+    leaks = [f for f in in_git if f.endswith((".png", ".html", ".safetensors")) or f.startswith(("data/", "models/", "runs/"))]
+    assert not leaks, leaks  # faces (sample grids, the report page, data, checkpoints) never reach git
+    exp = _run(tmp_path, "dvc", "exp", "run", "--temp", "-n", "lr03", "-S", "classifier.lr=0.03")
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    shown = _run(tmp_path, "dvc", "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+
+    def entries(x):
+        if isinstance(x, dict):
+            yield x
+            x = list(x.values())
+        if isinstance(x, list):
+            for v in x:
+                yield from entries(v)
+
+    found = [e for e in entries(json.loads(shown.stdout)) if e.get("name") == "lr03" and isinstance(e.get("data"), dict)]
+    assert found, shown.stdout[-3000:]
+    ablation = found[0]["data"]["metrics"]["metrics/ablation.json"]["data"]
+    assert 0 <= ablation["real"]["accuracy"] <= 1, ablation  # dvc exp show reads the experiment's numbers
+    (tmp_path / "reports/index.html").unlink()
+    applied = _run(tmp_path, "dvc", "exp", "apply", "lr03")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    applied_metrics = json.loads((tmp_path / "metrics/ablation.json").read_text())
+    assert applied_metrics["best_arm_on_val"] == ablation["best_arm_on_val"]  # (exp show leaves out nulls)
+    assert all(applied_metrics[arm]["accuracy"] == ablation[arm]["accuracy"] for arm in ("real", "r0.5", "synthetic_only"))
+    assert (tmp_path / "reports/index.html").is_file() and (tmp_path / "reports/figures/samples.png").is_file()
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["classifier"]["lr"] == 0.03
