@@ -26,10 +26,10 @@ def resolve_data_path(path: str, cwd: Path | None = None) -> Path:
     `<project>/.dvc/tmp/exps/<tmp>/`, where a relative path such as `../shared/fer2013.csv.gz` points
     nowhere; the user meant it relative to `<project>`, as in a plain `dvc repro`.
     """
-    given = Path(path)
-    if given.is_absolute() or given.exists():
+    given, here = Path(path), cwd or Path.cwd()
+    if given.is_absolute() or (here / given).exists():
         return given
-    parts = (cwd or Path.cwd()).resolve().parts
+    parts = here.resolve().parts
     for i in range(len(parts) - 3):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             origin = Path(*parts[:i]) / given
