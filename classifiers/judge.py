@@ -10,6 +10,7 @@ import torch
 from classifiers.augment import preprocess
 from classifiers.config import TrainConfig
 from classifiers.saved_model import load_classifier, save_classifier
+from classifiers.training import bf16_is_fast
 
 
 class Judge:
@@ -37,7 +38,7 @@ class Judge:
 
     def fast_inference_available(self) -> bool:
         """bf16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX)."""
-        return self.device.type == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bf16_is_fast(self.device)
 
     def _batches(self, images_uint8: torch.Tensor, batch_size: int):
         for i in range(0, len(images_uint8), batch_size):

@@ -49,14 +49,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX), where it measured ~2x
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 pays off on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX), where it measured ~2x
     faster training steps than float32 for vgg_fer on 2 cores (benchmarks/bench_classifier_input.py)."""
-    if not cfg.amp:
-        return False
-    if device.type == "cuda":
-        return True
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast for the training steps."""
+    return cfg.amp and bf16_is_fast(device)
 
 
 def model_from_config(cfg: TrainConfig) -> torch.nn.Module:
@@ -69,11 +70,13 @@ def predict_proba(model: torch.nn.Module, images_uint8: torch.Tensor, cfg: Train
     """Class probabilities for uint8 images (N x 1 x 48 x 48), averaged over test-time views."""
     model.eval()
     device = next(model.parameters()).device
+    fast = cfg.eval_amp and bf16_is_fast(device)
     out = []
     for i in range(0, len(images_uint8), batch_size):
         x = preprocess(images_uint8[i : i + batch_size], cfg.augment.equalize).to(device)
         views = tta_views(x, tta or cfg.tta)
-        probs = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+            probs = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
         out.append(probs.cpu())
     return torch.cat(out) if out else torch.zeros(0, NUM_CLASSES)
 

@@ -69,6 +69,21 @@ def test_model_selection_uses_val_best_epoch(demo):
     assert result.best_val["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-5)
 
 
+def test_eval_amp_predictions_stay_close_to_float32(demo, monkeypatch):
+    """eval_amp runs val selection and the reported predictions in bf16 where that is fast; the
+    probabilities must stay within bf16 rounding of float32, and the flag must reach autocast."""
+    from classifiers import training
+
+    x, y, xv, yv = demo
+    model = train_classifier(x, y, xv, yv, TrainConfig(**TINY), progress=False).model
+    monkeypatch.setattr(training, "bf16_is_fast", lambda device: True)  # exercise bf16 on any CPU
+    p32 = training.predict_proba(model, xv, TrainConfig(**TINY))
+    p16 = training.predict_proba(model, xv, TrainConfig(**TINY, eval_amp=True))
+    assert p16.dtype == torch.float32 and torch.allclose(p16.sum(1), torch.ones(len(xv)), atol=1e-4)
+    assert 0 < (p16 - p32).abs().max() < 0.05  # bf16 differs, but only by rounding
+    assert (p16.argmax(1) == p32.argmax(1)).float().mean() >= 0.95
+
+
 def test_time_budget_stops_training_and_still_selects_on_val(demo):
     result = train_classifier(*demo, TrainConfig(**{**TINY, "epochs": 50, "max_minutes": 0.002}), progress=False)
     assert len(result.history) < 50 and "time budget" in result.stopped
