@@ -27,114 +27,17 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from classifiers import checkpoint as ckpt
 from classifiers.labels import EXPRESSIONS
 from classifiers.training import resolve_device
+from generators.config import DiffusionConfig  # noqa: F401  (re-exported: the config lives with the others)
 from pipelines.errors import UserError
 
 NUM_CLASSES = len(EXPRESSIONS)  # 7
 NULL_CLASS = NUM_CLASSES  # class index 7 = "no label", for classifier-free guidance
 IMAGE_SIZE = 48
-MAX_LEVELS = {1: 5, 2: 4}  # patch size -> most UNet levels (48 -> 24 -> 12 -> 6 -> 3 stays integer)
-
-
-class DiffusionConfig(BaseModel):
-    """The diffusion generator's params.yaml section; every field has a key of the same name."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Defaults are the demo preset (2 CPU cores, a few minutes); see presets for FER2013 / GPU.
-    # UNet: one level per entry of block_out_channels, each level but the last halves the size
-    # (24 -> 12 -> 6 for three levels at patch_size 2). Self-attention only at the lowest resolutions.
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    # patch_size 2 folds each 2x2 pixel block into 4 channels (pixel_unshuffle) so the UNet works
-    # at 24x24: ~4x fewer FLOPs at the costliest level, same pixel-space diffusion (Hoogeboom et
-    # al. 2023, "simple diffusion"). 1 = the UNet sees 48x48 directly.
-    patch_size: Literal[1, 2] = 2
-    layers_per_block: int = Field(1, ge=1, le=4)
-    attention_levels: int = Field(1, ge=0)  # how many of the lowest-resolution levels get attention
-    mid_attention: bool = True  # self-attention in the middle block (lowest resolution)
-    attention_head_dim: int = Field(32, ge=1)
-    norm_num_groups: int = Field(16, ge=1)
-
-    # Noise process and objective
-    num_train_timesteps: int = Field(1000, ge=10)
-    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    # v-prediction stays well-conditioned at the cosine schedule's near-zero-SNR last timestep,
-    # which trailing-spaced few-step samplers start from (Salimans & Ho 2022; Lin et al. 2024).
-    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    snr_gamma: float | None = Field(5.0, gt=0)  # min-SNR loss weighting (Hang et al. 2023); None = plain MSE
-
-    # Training
-    steps: int = Field(600, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    lr_warmup_steps: int = Field(50, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0, lt=1)  # the cap; EMA warm-up ramps towards it
-    ema_power: float = Field(0.75, gt=0)  # EMA warm-up: decay = 1 - (1 + step) ** -power, capped
-    p_uncond: float = Field(0.1, ge=0, lt=1)  # label dropout to the null class
-    hflip: bool = True  # random horizontal flips of the training faces
-    balanced_sampling: bool = True  # every expression drawn equally often
-
-    # Sampling
-    sample_scheduler: Literal["ddim", "dpm_solver"] = "dpm_solver"
-    num_inference_steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(2.0, ge=0)  # eps = eps_u + s (eps_c - eps_u); 1 = conditional only
-    ddim_eta: float = Field(0.0, ge=0, le=1)  # > 0 adds per-step noise (still seeded per image)
-    # Rows per UNet forward when sampling, always exactly this many (the last chunk is padded):
-    # CPU/GPU kernels round differently for different batch shapes, so a fixed shape is what
-    # makes an image independent of its batch-mates. 32 suits CPU; use 256-512 on a GPU.
-    sample_unet_batch: int = Field(32, ge=1)
-
-    # Readings during training
-    sample_every: int = Field(200, ge=1)
-    grid_per_class: int = Field(8, ge=1)  # columns of the sample grid (one row per expression)
-    quality_every: int = Field(200, ge=1)
-    quality_per_class: int = Field(16, ge=1)
-    quality_inference_steps: int = Field(10, ge=1)
-    checkpoint_every: int = Field(100, ge=1)
-    log_every: int = Field(25, ge=1)
-
-    seed: int = 0
-    max_minutes: float | None = Field(None, gt=0)
-    threads: int | None = Field(None, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bfloat16 autocast, CUDA only
-
-    @model_validator(mode="after")
-    def _check_unet(self) -> "DiffusionConfig":
-        levels, most = len(self.block_out_channels), MAX_LEVELS[self.patch_size]
-        if not 1 <= levels <= most:
-            raise ValueError(f"block_out_channels: 1 to {most} levels for 48x48 images at patch_size "
-                             f"{self.patch_size}, got {levels}")
-        for c in self.block_out_channels:
-            if c % self.norm_num_groups:
-                raise ValueError(f"block_out_channels: {c} is not divisible by norm_num_groups {self.norm_num_groups}")
-        if self.attention_levels > levels:
-            raise ValueError(f"attention_levels {self.attention_levels} exceeds the {levels} UNet levels")
-        attended = list(self.block_out_channels[levels - self.attention_levels:])
-        attended += [self.block_out_channels[-1]] if self.mid_attention else []
-        for c in attended:
-            if c % self.attention_head_dim:
-                raise ValueError(f"block_out_channels: {c} is not divisible by attention_head_dim {self.attention_head_dim}")
-        return self
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The fields that shape the training trajectory: a checkpoint resumes only when they match.
-        Length, budget, readings, sampling and threads may change between runs (e.g. train longer)."""
-        return self.model_dump(mode="json", exclude=_NOT_TRAJECTORY)
-
-
-_NOT_TRAJECTORY = {"steps", "max_minutes", "threads", "device", "sample_scheduler", "num_inference_steps",
-                   "guidance_scale", "ddim_eta", "sample_unet_batch", "sample_every", "grid_per_class", "quality_every",
-                   "quality_per_class", "quality_inference_steps", "checkpoint_every", "log_every"}
-
-
 # ---------------------------------------------------------------------------------------------
 # Model and schedulers
 
