@@ -28,9 +28,18 @@ from quality.neighbours import kth_radius
 def fid(real: Tensor, fake: Tensor) -> float:
     real, fake = real.double(), fake.double()
     mu1, mu2 = real.mean(0), fake.mean(0)
-    s1, s2 = torch.cov(real.T), torch.cov(fake.T)
-    eig = torch.linalg.eigvals(s1 @ s2).real.clamp(min=0)
-    return float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * eig.sqrt().sum())
+    a1, a2 = real - mu1, fake - mu2  # S = A^T A / (n - 1)
+    n1, n2, d = len(real), len(fake), real.shape[1]
+    traces = a1.square().sum() / (n1 - 1) + a2.square().sum() / (n2 - 1)
+    if min(n1, n2) < d:
+        # Fewer images than dimensions (70 Inception rows of 2048 in the demo): the nonzero
+        # eigenvalues of S1 S2 are those of M M^T with M = A1 A2^T / sqrt((n1-1)(n2-1)), so
+        # Tr sqrt(S1 S2) is M's nuclear norm: an n1 x n2 SVD instead of a d x d eigensolve (2 s).
+        tr_sqrt = torch.linalg.svdvals(a1 @ a2.T).sum() / ((n1 - 1) * (n2 - 1)) ** 0.5
+    else:
+        s1, s2 = a1.T @ a1 / (n1 - 1), a2.T @ a2 / (n2 - 1)
+        tr_sqrt = torch.linalg.eigvals(s1 @ s2).real.clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).square().sum() + traces - 2 * tr_sqrt)
 
 
 def _inside_any_ball(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:

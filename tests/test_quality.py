@@ -19,14 +19,17 @@ def gaussian_sets(n=400, d=16, shift=0.5, seed=0):
     return real, fake
 
 
-def test_fid_matches_the_scipy_sqrtm_formula():
-    real, fake = gaussian_sets()
+@pytest.mark.parametrize("n, m, d", [(400, 400, 16), (40, 30, 64)], ids=["more images than dims", "fewer (nuclear norm)"])
+def test_fid_matches_the_scipy_sqrtm_formula(n, m, d):
+    real, fake = gaussian_sets(n=max(n, m), d=d)
+    real, fake = real[:n], fake[:m]
     a, b = real.double().numpy(), fake.double().numpy()
     mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     reference = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
     assert fid(real, fake) == pytest.approx(reference, rel=1e-6)
     assert fid(real, real) == pytest.approx(0.0, abs=1e-6)
+    assert fid(fake, real) == pytest.approx(reference, rel=1e-6)
 
 
 def test_kid_matches_torchmetrics_on_the_same_features():
