@@ -3,7 +3,8 @@
 Prints images/s of a training step (the real `train_gan` loop), the FLOPs one step does (counted
 with torch's FlopCounterMode as the difference of a 2-step and a 1-step run, so setup and final
 readings cancel), the achieved FLOP/s, and that divided by the FLOP/s of a large float32 matmul
-measured just before: the efficiency ratio. Then generation throughput (images/s) of `sample`.
+measured just before: the efficiency ratio; and the step time with NCHW tensors as the baseline for
+channels_last. Then generation throughput (images/s) of `sample`, NCHW against the sampling format.
 
     python benchmarks/bench_gan_step.py [--d-kind projected|plain] [--batch-size 64] [--steps 20]
         [--threads 2] [--judge models/judge/model.safetensors] [--params params.yaml]
@@ -25,7 +26,7 @@ from classifiers.training import model_from_config
 from generators.config import GanConfig
 from generators.gan_networks import build_generator
 from generators.gan_training import train_gan
-from generators.sampling import sample
+from generators.sampling import SAMPLING_FORMAT, sample
 from pipelines.sources.demo_faces import draw_demo_faces
 
 
@@ -87,25 +88,32 @@ def main() -> None:
     peak = matmul_flops_per_s()
     flops = step_flops(images, labels, cfg, judge)
     seconds = step_seconds(images, labels, cfg, judge, args.steps)
+    nchw_seconds = step_seconds(images, labels, cfg.model_copy(update={"channels_last": False}), judge, args.steps)
     achieved = flops / seconds
     print(f"float32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads)")
     print(f"GAN step ({cfg.d_kind} D, batch {cfg.batch_size}, G {cfg.g_channels}, guidance {cfg.judge_guidance}, "
           f"diffaug '{cfg.diffaug}'): {seconds * 1e3:.0f} ms/step, {cfg.batch_size / seconds:.0f} real images/s, "
           f"{flops / 1e9:.2f} GFLOP/step, {achieved / 1e9:.1f} GFLOP/s")
     print(f"efficiency (achieved / matmul FLOP/s): {achieved / peak:.3f}")
+    print(f"memory format (baseline NCHW {nchw_seconds * 1e3:.0f} ms/step): channels_last is "
+          f"{nchw_seconds / seconds:.2f}x {'faster' if seconds < nchw_seconds else 'slower'}" if cfg.channels_last else "")
 
-    g = build_generator(cfg).eval()
     n = 1024
     labels_g, seeds = torch.arange(n) % 7, torch.arange(n)
-    sample(g, labels_g[:64], seeds[:64])
-    with FlopCounterMode(display=False) as counter:
-        sample(g, labels_g[:256], seeds[:256])
-    gen_flops = counter.get_total_flops() / 256
-    t0 = time.perf_counter()
-    sample(g, labels_g, seeds, batch_size=256)
-    gen_s = time.perf_counter() - t0
-    print(f"generation: {n / gen_s:.0f} images/s ({gen_flops / 1e6:.0f} MFLOP/image, "
-          f"efficiency {gen_flops * n / gen_s / peak:.3f}; includes per-image seeded noise)")
+    gen_s = {}
+    for name, fmt in (("NCHW", torch.contiguous_format), ("sampling format", SAMPLING_FORMAT)):
+        g = build_generator(cfg).eval().to(memory_format=fmt)
+        sample(g, labels_g[:64], seeds[:64])
+        with FlopCounterMode(display=False) as counter:
+            sample(g, labels_g[:256], seeds[:256])
+        gen_flops = counter.get_total_flops() / 256
+        t0 = time.perf_counter()
+        sample(g, labels_g, seeds, batch_size=256)
+        gen_s[name] = time.perf_counter() - t0
+        print(f"generation, {name}: {n / gen_s[name]:.0f} images/s ({gen_flops / 1e6:.0f} MFLOP/image, "
+              f"efficiency {gen_flops * n / gen_s[name] / peak:.3f}; includes per-image seeded noise)")
+    print(f"generation in the sampling format ({SAMPLING_FORMAT}) vs NCHW: "
+          f"{gen_s['NCHW'] / gen_s['sampling format']:.2f}x")
 
 
 if __name__ == "__main__":
