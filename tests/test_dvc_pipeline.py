@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"source": "demo", "demo_per_class": [30, 15, 30, 30, 30, 30, 30]},
     "judge": {"arch": "compact_cnn", "width": 0.25, "epochs": 1, "batch_size": 32, "tta": "none", "threads": 2},
-    "classifier": {"arch": "compact_cnn", "width": 0.25, "epochs": 1, "batch_size": 32, "tta": "none", "threads": 2},
+    "classifier": {"arch": "compact_cnn", "width": 0.25, "epochs": 1, "steps": None, "batch_size": 32, "tta": "none",
+                   "threads": 2},
     "generator": {"kind": "gan", "gan": {"z_dim": 16, "g_channels": [16, 16, 8, 8], "d_head_channels": 8, "batch_size": 8,
                                          "steps": 4, "sample_every": 2, "quality_every": 2, "quality_samples": 14,
                                          "checkpoint_every": 2, "threads": 2, "max_minutes": None}},
