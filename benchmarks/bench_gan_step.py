@@ -88,15 +88,16 @@ def main() -> None:
     peak = matmul_flops_per_s()
     flops = step_flops(images, labels, cfg, judge)
     seconds = step_seconds(images, labels, cfg, judge, args.steps)
-    nchw_seconds = step_seconds(images, labels, cfg.model_copy(update={"channels_last": False}), judge, args.steps)
     achieved = flops / seconds
     print(f"float32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads)")
     print(f"GAN step ({cfg.d_kind} D, batch {cfg.batch_size}, G {cfg.g_channels}, guidance {cfg.judge_guidance}, "
           f"diffaug '{cfg.diffaug}'): {seconds * 1e3:.0f} ms/step, {cfg.batch_size / seconds:.0f} real images/s, "
           f"{flops / 1e9:.2f} GFLOP/step, {achieved / 1e9:.1f} GFLOP/s")
     print(f"efficiency (achieved / matmul FLOP/s): {achieved / peak:.3f}")
-    print(f"memory format (baseline NCHW {nchw_seconds * 1e3:.0f} ms/step): channels_last is "
-          f"{nchw_seconds / seconds:.2f}x {'faster' if seconds < nchw_seconds else 'slower'}" if cfg.channels_last else "")
+    if cfg.channels_last:  # the same step in NCHW is the baseline
+        nchw_seconds = step_seconds(images, labels, cfg.model_copy(update={"channels_last": False}), judge, args.steps)
+        print(f"memory format (baseline NCHW {nchw_seconds * 1e3:.0f} ms/step): channels_last is "
+              f"{nchw_seconds / seconds:.2f}x {'faster' if seconds < nchw_seconds else 'slower'}")
 
     n = 1024
     labels_g, seeds = torch.arange(n) % 7, torch.arange(n)

@@ -19,7 +19,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GanConfig(_Frozen):
+class _TrainingRun(_Frozen):
+    """How a generator's training run executes, the same keys for both kinds."""
+
+    seed: int = 0
+    max_minutes: float | None = Field(None, gt=0)
+    threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bfloat16 autocast, CUDA only
+
+
+class GanConfig(_TrainingRun):
     """A class-conditional GAN and its training schedule. Every field is a params.yaml key."""
 
     # networks
@@ -53,11 +63,6 @@ class GanConfig(_Frozen):
     quality_every: int = Field(250, ge=1)
     quality_samples: int = Field(700, ge=7)  # fixed class-balanced batch for GAN-test and KID
     checkpoint_every: int = Field(100, ge=1)
-    seed: int = 0
-    max_minutes: float | None = Field(None, gt=0)
-    threads: int | None = Field(None, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bfloat16 autocast, CUDA only
     channels_last: bool = True  # CUDA and CPU (nearest upsampling is ~7x slower in NCHW on CPU)
 
     @field_validator("g_channels")
@@ -104,7 +109,7 @@ class GanConfig(_Frozen):
 MAX_LEVELS = {1: 5, 2: 4}  # patch size -> most UNet levels (48 -> 24 -> 12 -> 6 -> 3 stays integer)
 
 
-class DiffusionConfig(_Frozen):
+class DiffusionConfig(_TrainingRun):
     """The diffusion generator's params.yaml section; every field has a key of the same name."""
 
     # Defaults are the demo preset (2 CPU cores, a few minutes); see presets for FER2013 / GPU.
@@ -160,12 +165,6 @@ class DiffusionConfig(_Frozen):
     quality_inference_steps: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)
-
-    seed: int = 0
-    max_minutes: float | None = Field(None, gt=0)
-    threads: int | None = Field(None, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bfloat16 autocast, CUDA only
 
     @model_validator(mode="after")
     def _check_unet(self) -> "DiffusionConfig":

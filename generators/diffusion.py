@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from classifiers import checkpoint as ckpt
 from classifiers.labels import EXPRESSIONS
 from classifiers.training import resolve_device
-from generators.config import DiffusionConfig  # noqa: F401  (re-exported: the config lives with the others)
+from generators.config import DiffusionConfig
 from pipelines.errors import UserError
 
 NUM_CLASSES = len(EXPRESSIONS)  # 7
