@@ -9,11 +9,40 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def _sibling_name(path: Path) -> Path:
+    """A fresh hidden name next to `path`; callers create it exclusively and draw again on a clash."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def _create_file(path: Path) -> Path:
+    # Not tempfile.mkstemp: it creates 0600 files, which survive the rename and make shared outputs
+    # (data/prepared, reports, exported datasets) unreadable to others. os.open with 0o666 lets the
+    # kernel apply the process umask, exactly as an ordinary open() would.
+    while True:
+        tmp = _sibling_name(path)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _create_dir(path: Path) -> Path:
+    # Not tempfile.mkdtemp (0700), for the same reason as _create_file: mkdir's 0o777 honours the umask.
+    while True:
+        tmp = _sibling_name(path)
+        try:
+            tmp.mkdir(mode=0o777)
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -21,9 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write to; on success it replaces `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_file(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -53,7 +80,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _create_dir(path)
     try:
         yield tmp
         old = None
