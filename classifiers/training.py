@@ -114,8 +114,8 @@ def is_main_process() -> bool:
 def setup_training(device_name: str, threads: int | None) -> tuple[int, int, torch.device]:
     """(rank, world, device) for this process: joins the torchrun group if there is one, picks the
     rank's GPU, and splits the CPU threads between the ranks on CPU."""
-    rank, world = _distributed()
     device = resolve_device(device_name)
+    rank, world = _distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -124,9 +124,15 @@ def setup_training(device_name: str, threads: int | None) -> tuple[int, int, tor
     return rank, world, device
 
 
-def _distributed() -> tuple[int, int]:
+def process_group_backend(device: torch.device) -> str:
+    """The torch.distributed backend for a run on `device`: nccl moves only CUDA tensors, so a run
+    on CPU needs gloo even on a machine that has a GPU (device: cpu there)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=process_group_backend(device))
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
