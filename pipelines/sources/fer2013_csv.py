@@ -9,6 +9,7 @@ that speed (pandas + str.split is ~10x slower and not a dependency), hence the h
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import zlib
 from collections import Counter
@@ -58,6 +59,9 @@ def _read_bytes(path: Path) -> bytes:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise UserError(f"{path}: corrupt or truncated gzip file ({e}); download it again") from None
+    # Excel saves "CSV UTF-8" with a byte-order mark, which would otherwise glue onto the first
+    # header name ('\ufeffemotion'); this is the bytes-level equivalent of encoding="utf-8-sig".
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     if not raw.strip():
         raise UserError(f"{path}: file is empty; expected a FER2013 CSV with header emotion,pixels,Usage")
     return raw
