@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from typer.testing import CliRunner
 
+from pipelines.cli import app
+from pipelines.prepared_data import load_manifest
 from pipelines.sources.fer2013_csv import read_fer2013_csv
-from tests.conftest import write_fer_csv
+from tests.conftest import write_fer_csv, write_params
 
 
 def small_fer_rows(per_usage: int = 7, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
@@ -43,3 +47,73 @@ def test_a_bom_alone_is_still_an_empty_file(tmp_path):
     path.write_bytes(codecs.BOM_UTF8)
     with pytest.raises(UserError, match="file is empty"):
         read_fer2013_csv(path)
+
+
+# ---------------------------------------------------------------- image-folder class names
+
+runner = CliRunner()
+
+
+def face_folders(root: Path, names: list[str], per_class: int = 3) -> Path:
+    """<root>/<name>/<i>.png with small random grayscale faces."""
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def prepare_folder(tmp_path: Path, root: Path, *extra: str, **data):
+    params = write_params(tmp_path / "params.yaml", source="image_folder", path=str(root), val_fraction=0.2,
+                          test_fraction=0.2, **data)
+    out = tmp_path / "prepared"
+    return runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out), *extra]), out
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+SEVEN = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def test_misspelt_class_folder_stops_strict_mode_with_the_fix(tmp_path):
+    root = face_folders(tmp_path / "faces", [*SEVEN[:5], "suprise", "neutral"])
+    result, out = prepare_folder(tmp_path, root)
+    line = one_error_line(result)
+    assert str(root / "suprise") in line
+    assert "did you mean surprise?" in line
+    assert "data.class_map: {suprise: drop}" in line and "data.class_map: {suprise: surprise}" in line
+    assert "--lenient" in line
+    assert not out.exists(), "a failed prepare must write nothing"
+
+
+def test_unlike_folder_name_lists_the_expressions(tmp_path):
+    root = face_folders(tmp_path / "faces", [*SEVEN, "7 misc"])
+    line = one_error_line(prepare_folder(tmp_path, root)[0])
+    assert "'7 misc'" in line and "expected one of angry, disgust" in line
+    assert 'data.class_map: {"7 misc": drop}' in line
+
+
+def test_unknown_class_folder_is_dropped_and_counted_when_lenient(tmp_path):
+    root = face_folders(tmp_path / "faces", [*SEVEN[:5], "suprise", "neutral"])
+    result, out = prepare_folder(tmp_path, root, "--lenient")
+    assert result.exit_code == 0, result.output
+    m = load_manifest(out)
+    assert m["classes_dropped"] == {"suprise": 3}
+    assert sum(m["counts"][s]["surprise"] for s in ("train", "val", "test")) == 0
+
+
+@pytest.mark.parametrize(("class_map", "dropped", "surprise"), [({"suprise": "drop"}, {"suprise": 3}, 0),
+                                                                ({"suprise": "surprise"}, {}, 3)])
+def test_class_map_settles_a_folder_name_in_strict_mode(tmp_path, class_map, dropped, surprise):
+    root = face_folders(tmp_path / "faces", [*SEVEN[:5], "suprise", "neutral", "contempt"])
+    result, out = prepare_folder(tmp_path, root, class_map=class_map)
+    assert result.exit_code == 0, result.output
+    m = load_manifest(out)
+    assert m["classes_dropped"] == {**dropped, "contempt": 3}, "contempt is a known class outside the 7"
+    assert sum(m["counts"][s]["surprise"] for s in ("train", "val", "test")) == surprise

@@ -3,11 +3,15 @@
 Covers exports of CK+, RAF-DB, AffectNet, JAFFE and FER2013's own image-folder copy. Any Pillow
 format is read, colour is converted to grayscale and other sizes are resized to 48x48. Folder
 names are mapped onto the 7 FER2013 expressions (built-in aliases plus `data.class_map`); classes
-outside the 7 (e.g. AffectNet's contempt) are dropped and counted.
+outside the 7 (e.g. AffectNet's contempt, or any folder mapped to `drop`) are dropped and counted.
+Any other folder name stops strict mode (most likely a typo that would silently lose a class) and
+is dropped and counted with --lenient.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +38,7 @@ CLASS_ALIASES = {
     "sad": "sad", "sadness": "sad",
     "surprise": "surprise", "surprised": "surprise",
     "neutral": "neutral", "calm": "neutral",
+    "contempt": "drop",  # AffectNet's and CK+'s eighth class: known, outside the 7, so dropped even in strict mode
 }
 
 
@@ -50,6 +55,19 @@ def _load_gray48(path: Path) -> np.ndarray | str:
         return "not_an_image"
     except (OSError, ValueError, SyntaxError):
         return "corrupt_image"
+
+
+def _unknown_class(class_dir: Path) -> UserError:
+    """One line naming the folder, the closest expression (a typo like `suprise` is the usual cause) and the fixes."""
+    name = class_dir.name
+    key = name if re.fullmatch(r"[A-Za-z_][\w-]*", name) else f'"{name}"'  # a YAML-safe key to paste
+    known = {alias: target for alias, target in CLASS_ALIASES.items() if target != "drop"}
+    close = difflib.get_close_matches(name.lower(), list(known), n=1)
+    guess = known[close[0]] if close else "<expression>"
+    hint = f"did you mean {guess}?" if close else f"expected one of {', '.join(EXPRESSIONS)}"
+    return UserError(f"{class_dir}: class folder '{name}' is not an expression ({hint}); rename it, map it with "
+                     f"data.class_map: {{{key}: {guess}}}, drop it with data.class_map: {{{key}: drop}}, "
+                     "or pass --lenient to drop unknown classes")
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -72,6 +90,8 @@ def read_image_folder(root: str | Path, class_map: dict[str, str] | None = None,
     for split, folder in groups.items():
         for class_dir in _class_dirs(folder):
             target = mapping.get(class_dir.name.lower())
+            if target is None and not lenient:
+                raise _unknown_class(class_dir)
             members = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
             if target is None or target == "drop":
                 dropped[class_dir.name] += len(members)
