@@ -146,6 +146,18 @@ def _format_error(path: Path, section: str, err: ValidationError) -> str:
     return f"{path}: {loc}: {msg} (got {first.get('input')!r}); fix it in {path}"
 
 
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """One line with where the syntax breaks: str(e) spreads it over several lines and its first one is
+    often just 'while parsing a block mapping'. yaml's marks are 0-based; editors count from 1."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return f"{path}: not valid YAML ({str(e).splitlines()[0]})"
+    context = getattr(e, "context", None)
+    detail = f"{problem}, {context}" if context else problem
+    return (f"{path}: line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({detail}); "
+            "check the indentation, colons and quotes there")
+
+
 def read_params(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.is_file():
@@ -153,7 +165,7 @@ def read_params(path: str | Path = "params.yaml") -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(_yaml_error(path, e)) from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
     unknown = sorted(set(raw) - set(SECTIONS))

@@ -117,3 +117,37 @@ def test_class_map_settles_a_folder_name_in_strict_mode(tmp_path, class_map, dro
     m = load_manifest(out)
     assert m["classes_dropped"] == {**dropped, "contempt": 3}, "contempt is a known class outside the 7"
     assert sum(m["counts"][s]["surprise"] for s in ("train", "val", "test")) == surprise
+
+
+# ---------------------------------------------------------------- YAML syntax errors in a params file
+
+BROKEN_YAML = {  # text, 1-based (line, column) an editor shows for the break, what yaml says
+    "colon_in_value": ("data:\n  source: demo\n  seed: 1: 2\n", (3, 10), "mapping values are not allowed here"),
+    "bad_indent": ("data:\n  source: demo\n lenient: true\n", (3, 2), "expected <block end>"),
+    "unclosed_list": ("data:\n  demo_per_class: [3, 3, 3\n", (3, 1), "expected ',' or ']'"),
+    "tab": ("data:\n\tsource: demo\n", (2, 1), "cannot start any token"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_YAML)
+def test_params_yaml_syntax_error_names_line_and_column(tmp_path, case):
+    from pipelines.config import read_params
+    from pipelines.errors import UserError
+
+    text, (line, column), problem = BROKEN_YAML[case]
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(UserError) as e:
+        read_params(params)
+    message = str(e.value)
+    assert message.startswith(f"{params}: line {line}, column {column}: not valid YAML"), message
+    assert problem in message and "\n" not in message
+
+
+def test_params_yaml_syntax_error_through_the_cli(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  source: demo\n  seed: 1: 2\n")
+    out = tmp_path / "prepared"
+    line = one_error_line(runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out)]))
+    assert f"{params}: line 3, column 10:" in line
+    assert not out.exists()
