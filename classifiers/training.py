@@ -106,6 +106,13 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
+def resume_log(log: Callable[[dict, int], None] | None, step: int) -> None:
+    """Tell a logger that keeps its curves across runs (pipelines.live.LiveLog) that this run resumed
+    from a checkpoint taken at `step`, so it keeps the rows up to there and drops any after."""
+    if log is not None and hasattr(log, "resume"):
+        log.resume(step)
+
+
 def is_main_process() -> bool:
     """False on every rank but 0 of a torchrun job: only rank 0 writes outputs."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -204,8 +211,7 @@ def train_classifier(
             history, best = meta["history"], meta["best"]
             if rank == 0:
                 print(f"resuming from {last_path} at epoch {start_epoch + 1}/{cfg.epochs}", flush=True)
-                for row in history if log is not None else ():  # the logger starts fresh: replay the curves
-                    log(row, row["epoch"])
+                resume_log(log, start_epoch)  # rows are logged at step = epoch number
 
     stopped = "completed"
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),

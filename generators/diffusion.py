@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from classifiers import checkpoint as ckpt
 from classifiers.labels import EXPRESSIONS
-from classifiers.training import resolve_device
+from classifiers.training import resolve_device, resume_log
 from generators.config import DiffusionConfig
 from pipelines.errors import UserError
 
@@ -292,6 +292,7 @@ def train_diffusion(
             loss_sum, loss_n = meta["loss_sum"], meta["loss_n"]
             if progress:
                 print(f"resuming diffusion training from {last_path} at step {step}/{cfg.steps}", flush=True)
+            resume_log(log, step)
 
     def save(at_step: int) -> None:
         if last_path is None:
@@ -386,10 +387,10 @@ def train_diffusion(
             if row:
                 row = {"step": step, **row}
                 history.append(row)
+            if row and log is not None:  # before the checkpoint: a resumed run never misses a row
+                log(row, step)
             if step % cfg.checkpoint_every == 0:
                 save(step)
-            if row and log is not None:
-                log(row, step)
 
         # End: final readings (also when a finished run is started again), then a checkpoint.
         row = {"step": step, **row, "elapsed_minutes": round(elapsed_now() / 60, 3)}
@@ -401,9 +402,9 @@ def train_diffusion(
             history.append(row)
         else:
             history[-1] = {**history[-1], **row}
-        save(step)
         if log is not None:
             log(row, step)
+        save(step)
     ema.copy_to(ema_unet.parameters())
     return DiffusionResult(ema_unet.cpu().eval(), history, step, elapsed_now(), stopped)
 

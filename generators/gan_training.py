@@ -29,7 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from classifiers import checkpoint as ckpt
 from classifiers.labels import EXPRESSIONS
-from classifiers.training import setup_training
+from classifiers.training import resume_log, setup_training
 from generators.config import GanConfig
 from generators.diffaugment import diff_augment, parse_policy
 from generators.gan_networks import Generator, build_discriminator, build_generator, judge_logits
@@ -177,6 +177,7 @@ def train_gan(
             step, elapsed, history = meta["step"], meta["elapsed"], meta["history"]
             if rank == 0:
                 print(f"resuming GAN training from {last_path} at step {step}", flush=True)
+                resume_log(log, step)
         elif rank == 0:
             print(f"{last_path} was made with other settings or data; starting afresh", flush=True)
     if world > 1:  # identical starting weights on every rank whatever happened above

@@ -260,6 +260,47 @@ def test_resume_after_kill_matches_an_uninterrupted_run(demo, judge, tmp_path):
     assert longer.steps == 7
 
 
+def _curves(live_dir: Path) -> dict[str, list[tuple[int, str]]]:
+    out = {}
+    for tsv in sorted((live_dir / "plots" / "metrics").glob("*.tsv")):
+        out[tsv.stem] = [tuple(line.split("\t")) for line in tsv.read_text().splitlines()[1:]]
+    return out
+
+
+def test_resumed_run_keeps_its_dvclive_curves_once_per_step(demo, judge, tmp_path):
+    """Killed after logging step 5 (checkpoint at 4): the resumed run keeps steps 1-4 of the curves, drops
+    the orphaned step 5 and logs 5 and 6 again, so the curves equal an uninterrupted run's."""
+    from pipelines.live import dvclive_logger
+
+    cfg = tiny(steps=6, checkpoint_every=2, quality_every=3, sample_every=1000)
+    live, log = dvclive_logger(tmp_path / "live_a")
+    train_gan(*demo, cfg, judge=judge, checkpoint_dir=tmp_path / "a", log=log, progress=False)
+    live.end()
+
+    class Killed(Exception):
+        pass
+
+    _, log = dvclive_logger(tmp_path / "live_b")
+
+    def log_then_die_at_step_5(row, step):
+        log(row, step)
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_gan(*demo, cfg, judge=judge, checkpoint_dir=tmp_path / "b", log=log_then_die_at_step_5, progress=False)
+    live, log = dvclive_logger(tmp_path / "live_b")
+    train_gan(*demo, cfg, judge=judge, checkpoint_dir=tmp_path / "b", log=log, progress=False)
+    live.end()
+    a, b = _curves(tmp_path / "live_a"), _curves(tmp_path / "live_b")
+    assert a.keys() == b.keys() and {"loss_d", "gan_test", "kid"} <= b.keys()
+    assert [int(s) for s, _ in b["loss_d"]] == [1, 2, 3, 4, 5, 6]
+    assert [int(s) for s, _ in b["kid"]] == [3, 6]
+    for name in a:
+        if name != "steps_per_s":  # timing
+            assert b[name] == a[name], name
+
+
 def test_nan_guard_stops_with_a_clear_message_and_keeps_the_checkpoint(demo, judge, tmp_path, monkeypatch):
     cfg = tiny(steps=2, checkpoint_every=2)
     train_gan(*demo, cfg, judge=judge, checkpoint_dir=tmp_path, progress=False)

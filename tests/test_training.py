@@ -40,18 +40,67 @@ def test_resume_after_interrupt_continues_exactly(tmp_path, demo):
             raise Interrupt  # like a kill during epoch 2: the epoch-1 checkpoint is on disk
     with pytest.raises(Interrupt):
         train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=interrupt_at_epoch_2, progress=False)
-    seen, rows = [], []
-    resumed = train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b",
-                               log=lambda r, e: (seen.append(e), rows.append(r)), progress=False)
-    assert seen == [1, 2, 3], "the resumed run replays epoch 1 to the logger, then trains from epoch 2"
-    assert rows[0] == first_rows[0], "epoch 1 must come from the checkpoint (same timing), not be retrained"
+    seen = []
+    resumed = train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=lambda r, e: seen.append(e),
+                               progress=False)
+    assert seen == [2, 3], "the resumed run trains (and logs) from epoch 2; the logger keeps epoch 1"
+    assert resumed.history[0] == first_rows[0], "epoch 1 must come from the checkpoint (same timing), not be retrained"
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     seen.clear()
     again = train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=lambda r, e: seen.append(e), progress=False)
-    assert seen == [1, 2, 3] and len(again.history) == 3, "a finished run resumes to its end and replays its curves"
+    assert seen == [] and len(again.history) == 3, "a finished run resumes to its end and trains no more"
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
     assert resumed.best_val == straight.best_val
+
+
+def _curves(live_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every dvclive metric file under live_dir as [(step, value), ...] in file order."""
+    out = {}
+    for tsv in sorted((live_dir / "plots" / "metrics").glob("*.tsv")):
+        rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+        out[tsv.stem] = [(int(step), float(value)) for step, value in rows]
+    return out
+
+
+def test_resumed_run_keeps_its_dvclive_curves_once_per_epoch(tmp_path, demo):
+    """A run killed after logging epoch 2 but before its checkpoint resumes from epoch 1: the curves keep
+    epoch 1, drop the orphaned epoch-2 row and end with one row per epoch, equal to an uninterrupted run's."""
+    from pipelines.live import dvclive_logger
+
+    cfg = TrainConfig(**TINY)
+    live, log = dvclive_logger(tmp_path / "live_a")
+    train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "a", log=log, progress=False)
+    live.end()
+
+    live_b = tmp_path / "live_b"
+    _, killed = dvclive_logger(live_b)
+
+    def log_then_die_at_epoch_2(row, epoch):
+        killed(row, epoch)  # the row reaches disk, the epoch-2 checkpoint never does
+        if epoch == 2:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=log_then_die_at_epoch_2, progress=False)
+    assert [s for s, _ in _curves(live_b)["val_accuracy"]] == [1, 2]
+    live, log = dvclive_logger(live_b)
+    train_classifier(*demo, cfg, checkpoint_dir=tmp_path / "b", log=log, progress=False)
+    live.end()
+
+    a, b = _curves(tmp_path / "live_a"), _curves(live_b)
+    assert a.keys() == b.keys() and "val_accuracy" in b
+    for name in ("train_loss", "val_accuracy", "val_nll", "lr"):
+        assert b[name] == a[name], name  # one row per epoch 1, 2, 3, the same values
+    assert [s for s, _ in b["epoch_seconds"]] == [1, 2, 3]
+    summary = json.loads((live_b / "metrics.json").read_text())
+    assert summary["step"] == 3 and summary["val_accuracy"] == a["val_accuracy"][-1][1]
+
+    # a run that cannot resume (other settings) starts the curves afresh
+    live, log = dvclive_logger(live_b)
+    train_classifier(*demo, TrainConfig(**{**TINY, "epochs": 1}), checkpoint_dir=tmp_path / "b", log=log,
+                     progress=False)
+    live.end()
+    assert [s for s, _ in _curves(live_b)["val_accuracy"]] == [1]
 
 
 def test_changed_config_does_not_resume(tmp_path, demo):
