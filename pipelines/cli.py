@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable
 
@@ -22,14 +23,50 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # commands inherit it from the group
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fersynth {version('fersynth')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the installed fersynth version and exit.")] = False,
+) -> None:
     """fersynth: real faces -> conditional generators -> filtered synthetic faces -> classifiers -> report."""
 
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameter file (params.yaml).")]
+
+# The values options accept, checked before any work starts: a typo exits 2 listing them. They repeat
+# prepared_data.SPLITS and augment.TTA_MODES because those modules import torch and `--help` must stay
+# instant; tests/test_cli.py holds them equal. Enums rather than Literal: every typer that pyproject
+# allows (>= 0.12) turns an Enum into a choice, while Literal support came later.
+SPLITS = ("train", "val", "test")
+TTA_MODES = ("none", "flip", "flip_crops")
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum whose members are `values`; commands pass on `.value`."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Split = choices("Split", SPLITS)
+Tta = choices("Tta", TTA_MODES)
+SplitOpt = Annotated[Split, typer.Option(help="Prepared split to use.")]
+TtaOpt = Annotated[Tta | None, typer.Option(help="Test-time views; default: the model's own setting.", show_default=False)]
+
+# The classifier `dvc repro` trains (dvc.yaml train_real, arm real, seed 0), so evaluate, predict,
+# explain and export-model work right after it without --model.
+DEFAULT_MODEL = Path("runs/real/s0/model.safetensors")
+ModelOpt = Annotated[Path, typer.Option("--model", help="A classifier saved by train-mix, train-classifier or train-judge.")]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -122,19 +159,19 @@ def train_classifier(
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Option(help="A classifier saved by train-classifier or train-judge.")] = Path("models/classifier/model.safetensors"),
+    model: ModelOpt = DEFAULT_MODEL,
     data: DataOpt = Path("data/prepared"),
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split: SplitOpt = Split.test,
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, confusion.csv and confusion.png.")] = Path("reports/evaluate"),
     classes: Annotated[str, typer.Option(help="Comma-separated expressions to restrict to (cross-dataset); default: those present.")] = "",
-    tta: Annotated[str, typer.Option(help="none | flip | flip_crops; default: the model's own setting.")] = "",
+    tta: TtaOpt = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
 ) -> None:
     """Evaluate a saved classifier on any prepared split: metrics with 95% CIs, confusion matrix plot."""
     require_torchvision()
     from pipelines.evaluate import run_evaluate
 
-    run_evaluate(model, data, split, out, [c for c in classes.split(",") if c], tta or None, n_boot)
+    run_evaluate(model, data, split.value, out, [c for c in classes.split(",") if c], tta and tta.value, n_boot)
 
 
 @app.command("train-gan")

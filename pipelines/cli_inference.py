@@ -11,10 +11,12 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli import app, require_torchvision, user_errors
+from classifiers.labels import EXPRESSIONS
+from pipelines.cli import (DEFAULT_MODEL, ModelOpt, Split, SplitOpt, TtaOpt, app, choices, require_torchvision,
+                           user_errors)
 
-DEFAULT_MODEL = Path("runs/real/s0/model.safetensors")  # the ablation's real-only classifier, seed 0
-ModelOpt = Annotated[Path, typer.Option("--model", help="A classifier saved by train-mix or train-classifier.")]
+Target = choices("Target", ("true", "predicted", *EXPRESSIONS))
+
 MarginOpt = Annotated[float, typer.Option(help="Widen each face box by this fraction of its side on every side "
                                                "before cropping (0: the detector's box, which matches FER2013's framing).")]
 
@@ -24,19 +26,19 @@ MarginOpt = Annotated[float, typer.Option(help="Widen each face box by this frac
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="Photos, or folders searched recursively for images.", show_default=False)],
     model: ModelOpt = DEFAULT_MODEL,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write per-face boxes, expressions and probabilities here.")] = Path("predictions.json"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write per-face boxes, expressions and probabilities to this JSON file.")] = None,
     annotate: Annotated[Path | None, typer.Option(help="Also write each photo with boxes and labels drawn, as PNG, to this folder.")] = None,
     margin: MarginOpt = 0.0,
-    tta: Annotated[str, typer.Option(help="none | flip | flip_crops; default: the model's own setting.")] = "",
+    tta: TtaOpt = None,
 ) -> None:
     """Find the faces in photos (any size, colour or grayscale) and classify their expressions.
 
-    Prints a table and writes JSON; a photo with no face is listed as such. An unreadable file gets one line on stderr and is skipped, the others still run, and the exit code is then 1.
+    Prints a table (and writes JSON with --json); a photo with no face is listed as such. An unreadable file gets one line on stderr and is skipped, the others still run, and the exit code is then 1.
     """
     require_torchvision()
     from pipelines.predict import run_predict
 
-    results = run_predict(paths, model, json_out, annotate, margin, tta or None)
+    results = run_predict(paths, model, json_out, annotate, margin, tta and tta.value)
     if json_out is not None:
         typer.echo(f"predictions -> {json_out}")
     failed = sum(r.error is not None for r in results)
@@ -51,8 +53,8 @@ def explain(
     paths: Annotated[list[Path] | None, typer.Argument(help="Photos to explain the faces of; default: faces from --data.", show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
     data: Annotated[Path, typer.Option("--data", help="Prepared data folder (faces to explain when no photos are given).")] = Path("data/prepared"),
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    target: Annotated[str, typer.Option(help="Class explained: true (each face's label), predicted, or an expression name.")] = "true",
+    split: SplitOpt = Split.test,
+    target: Annotated[Target, typer.Option(help="Class explained: true (each face's label), predicted, or an expression.")] = Target.true,
     per_class: Annotated[int, typer.Option(help="Faces of each expression taken from --data (one row each).")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the choice of faces.")] = 0,
     margin: MarginOpt = 0.0,
@@ -62,7 +64,7 @@ def explain(
     require_torchvision()
     from pipelines.explain import run_explain
 
-    run_explain(model, out, photos=paths or (), data_dir=data, split=split, target=target, per_class=per_class,
+    run_explain(model, out, photos=paths or (), data_dir=data, split=split.value, target=target.value, per_class=per_class,
                 seed=seed, margin=margin)
 
 

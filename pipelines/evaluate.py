@@ -46,7 +46,7 @@ def run_evaluate(model_path: Path, data_dir: Path, split: str, out_dir: Path, cl
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     if not model_path.is_file():
-        raise UserError(f"{model_path}: model not found; train one with `fersynth train-classifier` or pass --model")
+        raise UserError(f"{model_path}: model not found; run `dvc repro` (or `fersynth train-classifier`) first or pass --model")
     try:
         model, cfg, meta = load_classifier(model_path)
     except (ValueError, KeyError) as e:
