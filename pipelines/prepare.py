@@ -44,6 +44,10 @@ def read_source(cfg: DataConfig) -> RawSplits:
         images, labels = draw_demo_faces(cfg.demo_per_class, seed=cfg.seed)
         return RawSplits({"all": (images, labels)}, presplit=False)
     path = resolve_data_path(cfg.path)
+    if not path.exists():
+        what = "FER2013 CSV" if cfg.source == "fer2013" else "image folder"
+        raise UserError(f"{path}: {what} not found; put your copy there (mkdir -p {path.parent}, then copy it in) "
+                        f"or point data.path at it (dvc exp run -S data.path=/abs/path)")
     if cfg.source == "fer2013":
         return read_fer2013_csv(path, lenient=cfg.lenient)
     return read_image_folder(path, cfg.class_map, lenient=cfg.lenient)

@@ -84,7 +84,7 @@ def test_relative_data_path_inside_a_queued_experiment(tmp_path, fer_rows, monke
     assert result.exit_code == 0, result.output
     assert len(load_prepared(out)["train"]) == 140
     result, out = prepare(copy / "x", source="fer2013", path="../nowhere/fer.csv") if (copy / "x").mkdir() is None else None
-    assert_user_error(result, out, "nowhere/fer.csv", "file not found")
+    assert_user_error(result, out, "nowhere/fer.csv", "FER2013 CSV not found; put your copy there")
 
 
 def test_icml_face_data_layout(tmp_path, fer_rows):
