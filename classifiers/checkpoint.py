@@ -6,6 +6,7 @@ exactly. safetensors has no notion of an optimizer, hence the small flatten/unfl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -71,3 +72,14 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def data_digest(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes, for a resume fingerprint: a sample of the data (or its sum) would
+    let a run resume on other data of the same size, if the change missed the sampled items."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -145,6 +145,17 @@ def _distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
+def gather_states(state: torch.Tensor, world: int, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's generator state (a uint8 tensor), in rank order, on every rank: a collective, so
+    every rank calls it. Sent from `device` because nccl only moves CUDA tensors."""
+    if world == 1:
+        return [state]
+    local = state.to(device)
+    states = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(states, local)
+    return [s.cpu() for s in states]
+
+
 def train_classifier(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
@@ -194,17 +205,17 @@ def train_classifier(
     best = {"epoch": -1, "score": -1.0, "val": {}}
     best_state = None
     fingerprint = {"config": cfg.to_dict(), "n_train": n, "world": world,
-                   "train_checksum": int(train_labels.sum()) * 1_000_003 + int(train_images[:: max(1, n // 97)].sum())}
+                   "train_sha256": ckpt.data_digest(train_images, train_labels)}
     last_path = checkpoint_dir / "last.safetensors" if checkpoint_dir else None
     if last_path and last_path.exists():
         tensors, meta = ckpt.load_checkpoint(last_path)
-        if meta.get("fingerprint") == fingerprint:
+        if meta.get("fingerprint") == fingerprint and all(f"rng.aug{r}" in tensors for r in range(world)):
             model.load_state_dict(ckpt.unprefixed("model", tensors))
             best_state = ckpt.unprefixed("best", tensors) or None
             ckpt.load_optimizer_state(opt, ckpt.unprefixed("optim", tensors), meta["optim"])
             gen.set_state(tensors["rng.order"])
             torch.set_rng_state(tensors["rng.torch"])  # dropout draws from the global generator
-            aug_gen.set_state(tensors[f"rng.aug{rank}"] if f"rng.aug{rank}" in tensors else tensors["rng.aug0"])
+            aug_gen.set_state(tensors[f"rng.aug{rank}"])  # each rank continues its own augmentation stream
             if plateau is not None:
                 plateau.load_state_dict(meta["plateau"])
             start_epoch, step, elapsed = meta["epoch"] + 1, meta["step"], meta["elapsed"]
@@ -212,6 +223,8 @@ def train_classifier(
             if rank == 0:
                 print(f"resuming from {last_path} at epoch {start_epoch + 1}/{cfg.epochs}", flush=True)
                 resume_log(log, start_epoch)  # rows are logged at step = epoch number
+        elif rank == 0:
+            print(f"{last_path} was made with other settings or data; starting afresh", flush=True)
 
     stopped = "completed"
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -267,6 +280,9 @@ def train_classifier(
             train_loss = float(loss_sum) / max(1, steps_done)
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower lr")
+            if world > 1:  # DDP copies rank 0's BatchNorm statistics only at the next forward: copy them now, so
+                for buffer in model.buffers():  # every rank selects on val (and ends) with rank 0's model
+                    dist.broadcast(buffer, 0)
 
             probs = predict_proba(model, val_images, cfg, tta=cfg.val_tta)
             pred = probs.argmax(1)
@@ -288,10 +304,13 @@ def train_classifier(
                                          f"(best {best['val']['accuracy']:.3f})")
             if log is not None and rank == 0:
                 log(row, epoch + 1)
+            aug_states = gather_states(aug_gen.get_state(), world, device) if last_path is not None else []
             if last_path is not None and rank == 0:
                 opt_tensors, opt_meta = ckpt.optimizer_state(opt)
+                # rng.torch (dropout) and rng.order are the same on every rank; augmentation differs per rank
                 tensors = {**ckpt.prefixed("model", model.state_dict()), **ckpt.prefixed("best", best_state or {}),
-                           **ckpt.prefixed("optim", opt_tensors), "rng.order": gen.get_state(), "rng.aug0": aug_gen.get_state(),
+                           **ckpt.prefixed("optim", opt_tensors), "rng.order": gen.get_state(),
+                           **{f"rng.aug{r}": state for r, state in enumerate(aug_states)},
                            "rng.torch": torch.get_rng_state()}
                 meta = {"fingerprint": fingerprint, "epoch": epoch, "step": step, "elapsed": elapsed,
                         "history": history, "best": best, "optim": opt_meta,

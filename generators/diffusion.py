@@ -276,7 +276,7 @@ def train_diffusion(
     step, elapsed, history = 0, 0.0, []
     loss_sum, loss_n = 0.0, 0
     fingerprint = {"config": cfg.fingerprint(), "n_train": n,
-                   "train_checksum": int(labels.sum()) * 1_000_003 + int(images_uint8[:: max(1, n // 97)].sum())}
+                   "train_sha256": ckpt.data_digest(images_uint8, labels)}
     last_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir else None
     if last_path and last_path.exists():
         tensors, meta = ckpt.load_checkpoint(last_path)
@@ -293,6 +293,8 @@ def train_diffusion(
             if progress:
                 print(f"resuming diffusion training from {last_path} at step {step}/{cfg.steps}", flush=True)
             resume_log(log, step)
+        elif progress:
+            print(f"{last_path} was made with other settings or data; starting afresh", flush=True)
 
     def save(at_step: int) -> None:
         if last_path is None:

@@ -160,7 +160,7 @@ def train_gan(
     fingerprint = {
         "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED},
         "world": world, "n_train": n,
-        "data": int(labels.sum()) * 1_000_003 + int(images_uint8[:: max(1, n // 97)].sum()),
+        "data_sha256": ckpt.data_digest(images_uint8, labels),
         "judge": _tensor_digest(judge.model.state_dict()) if judge is not None else None,
     }
     last_path = checkpoint_dir / "last.safetensors" if checkpoint_dir else None
