@@ -8,28 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from pipelines import atomic
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write atomically: a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(clean, tmp, metadata={"meta": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    # serialised in memory and written through atomic: safetensors' save_file creates its file 0600,
+    # which would make every model and checkpoint owner-only; an ordinary write lets the umask apply
+    atomic.write_bytes(path, save(clean, metadata={"meta": json.dumps(meta)}))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

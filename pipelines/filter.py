@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torchvision
 from rich.console import Console
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from classifiers.labels import EXPRESSIONS
 from generators.quality import gan_test
@@ -321,8 +321,8 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     summary = {k: quality[k] for k in ("n_generated", "n_kept", "kept_per_class", "memorization_threshold",
                                        "memorization_distance", "rejected")}
     with atomic.atomic_dir(out_dir) as tmp:
-        save_file({"images": kept_set.images.contiguous(), "labels": kept_set.labels.contiguous(),
-                   "seeds": seeds[kept].contiguous()}, str(tmp / DATA_FILE))
+        (tmp / DATA_FILE).write_bytes(save({"images": kept_set.images.contiguous(), "labels": kept_set.labels.contiguous(),
+                                            "seeds": seeds[kept].contiguous()}))  # not save_file: it writes 0600
         (tmp / "manifest.csv").write_text(_manifest_csv(rows))
         atomic.write_json(tmp / "manifest.json", {**summary, "source": str(synthetic_dir), "config": quality["config"]})
     contact_sheet(fake.images, fake.labels, kept, cfg.contact_per_class, plots_dir / "kept_rejected.png")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from classifiers.labels import EXPRESSIONS
 from generators.config import GenerateConfig
@@ -100,8 +100,8 @@ def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_count
         "files": [DATA_FILE] + (["png/"] if gen_cfg.export_png else []) + ([CSV_FILE] if gen_cfg.export_csv else []),
     }
     with atomic.atomic_dir(out_dir) as tmp:
-        save_file({"images": images.contiguous(), "labels": labels.contiguous(), "seeds": seeds.contiguous()},
-                  str(tmp / DATA_FILE))
+        (tmp / DATA_FILE).write_bytes(save({"images": images.contiguous(), "labels": labels.contiguous(),
+                                            "seeds": seeds.contiguous()}))  # not save_file: it writes 0600
         if gen_cfg.export_png:
             export_png(images, labels, tmp / "png")
         if gen_cfg.export_csv:

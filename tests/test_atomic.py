@@ -66,3 +66,17 @@ def test_a_failed_atomic_write_leaves_nothing(tmp_path, umask):
     with pytest.raises(RuntimeError), atomic.atomic_dir(tmp_path / "d") as tmp:
         raise RuntimeError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoints_and_models_are_shareable_too(tmp_path, umask):
+    """Checkpoints and saved models (safetensors) go through the same atomic write."""
+    import torch
+
+    from classifiers.checkpoint import load_checkpoint, save_checkpoint
+
+    umask(0o022)
+    save_checkpoint(tmp_path / "model.safetensors", {"w": torch.ones(2)}, {"kind": "test"})
+    assert oct(mode(tmp_path / "model.safetensors")) == oct(0o644)
+    tensors, meta = load_checkpoint(tmp_path / "model.safetensors")
+    assert meta == {"kind": "test"} and tensors["w"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
