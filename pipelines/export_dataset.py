@@ -32,6 +32,31 @@ def _source(prepared: dict) -> str:
     return f"source `{src}`"
 
 
+def _drawn_by(filtered: Path) -> str | None:
+    """sha256 of the generator that drew the set, from the generate manifest: the set's own, or that of
+    the generated set the filter read (its manifest.json names it as `source`); None if neither is there."""
+    candidates = [Path(filtered)]
+    filter_manifest = Path(filtered) / "manifest.json"
+    if filter_manifest.is_file():
+        candidates.append(Path(json.loads(filter_manifest.read_text()).get("source") or filtered))
+    for directory in candidates:
+        manifest = directory / "manifest.json"
+        if manifest.is_file():
+            sha = json.loads(manifest.read_text()).get("generator_sha256")
+            if sha:
+                return sha
+    return None
+
+
+def check_generator(generator: Path, filtered: Path) -> None:
+    """The datasheet names the generator file as what regenerates every face, so it must be the one
+    that drew them (not, say, a generator retrained since)."""
+    drawn_by, sha = _drawn_by(filtered), file_sha256(generator)
+    if drawn_by is not None and drawn_by != sha:
+        raise UserError(f"{generator}: did not draw the set in {filtered} (sha256 {sha[:16]}..., the set was drawn by "
+                        f"{drawn_by[:16]}...); pass that generator, or rerun generate and filter with this one")
+
+
 def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepared: dict, n: int) -> str:
     before, after = quality.get("before", {}), quality.get("after", {})
     cfg = quality.get("config", {})
@@ -91,6 +116,7 @@ def run_export(filtered: Path, quality_json: Path, params: Path, generator: Path
     quality = _read_json(Path(quality_json), "quality metrics", "run `fersynth filter` (dvc repro filter) first")
     generator = Path(generator)
     meta = read_metadata(generator)
+    check_generator(generator, Path(filtered))
     prepared = load_manifest(data_dir)
     with atomic.atomic_dir(out) as tmp:
         export_png(data.images, data.labels, tmp / "png")

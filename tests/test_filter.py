@@ -1,11 +1,10 @@
 """The filter stage on a hand-made synthetic set: planted copies, duplicates, blanks and wrong labels
-are rejected for the right reason; outputs, refill, export and errors."""
+are rejected for the right reason; outputs, refill and errors (export: tests/test_export_dataset.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from classifiers.judge import Judge
 from classifiers.training import model_from_config
 from pipelines.config import FilterConfig
 from pipelines.errors import UserError
-from pipelines.export_dataset import run_export
 from pipelines.filter import run_filter
 from pipelines.prepared_data import LabelledImages, save_split
 from pipelines.sources.demo_faces import draw_demo_faces
@@ -141,19 +139,6 @@ def test_strict_label_filter_warns_and_refills_each_class(world, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "filtered" / "manifest.csv")))
     assert any(r["reason"].startswith("refilled") for r in rows)
     assert not any(r["kept"] == "True" and "memorization" in r["reason"] for r in rows)
-
-
-def test_export_writes_images_csv_and_datasheet(world, tmp_path, monkeypatch):
-    root, prepared, _, _ = world
-    q = run(world, tmp_path)
-    monkeypatch.setattr("pipelines.export_dataset.read_metadata", lambda p: {"kind": "gan", "steps": 7})
-    monkeypatch.setattr("pipelines.export_dataset.file_sha256", lambda p: "0" * 64)
-    out = tmp_path / "export"
-    run_export(tmp_path / "filtered", tmp_path / "quality.json", Path("params.yaml"), root / "gen.safetensors", prepared, out)
-    assert len(list((out / "png").rglob("*.png"))) == q["n_kept"]
-    assert (out / "synthetic_fer2013.csv").read_text().count("\n") == q["n_kept"] + 1
-    sheet = (out / "DATASHEET.md").read_text()
-    assert "Memorization check" in sheet and "Intended use" in sheet and str(q["n_kept"]) in sheet
 
 
 def test_missing_inputs_are_one_line_errors(world, tmp_path):
