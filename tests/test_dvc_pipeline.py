@@ -25,8 +25,8 @@ TINY = {
                                          "steps": 4, "sample_every": 2, "quality_every": 2, "quality_samples": 14,
                                          "checkpoint_every": 2, "threads": 2, "max_minutes": None}},
     "generate": {"per_class": 12},
-    "filter": {"label_tau": 0.0, "realism_tau": 0.0, "inception": False},  # Inception: test_filter
-    "ablation": {"real_arms": ["real"], "ratios": [0.5], "seeds": [0, 1], "n_boot": 200},
+    "filter": {"inception": False},  # the demo's own thresholds; Inception: test_filter
+    "ablation": {"real_arms": ["real", "no_augment"], "ratios": [0.5], "seeds": [0, 1], "n_boot": 200},
 }
 
 
@@ -67,9 +67,14 @@ def test_repro_is_incremental(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage_output in ("metrics/generator.json", "data/filtered/manifest.csv", "metrics/quality.json",
                          "metrics/ablation/r0.5_s1.json", "metrics/ablation/synthetic_only_s0.json",
+                         "metrics/ablation/no_augment_s1.json",
                          "metrics/ablation.json", "reports/index.html", "reports/summary.md", "reports/summary.json",
                          "reports/figures/gradcam_real.png", "reports/figures/samples.png"):
         assert (tmp_path / stage_output).is_file(), stage_output
+    quality = json.loads((tmp_path / "metrics/quality.json").read_text())
+    assert quality["config"]["label_tau"] == 0.5 and quality["config"]["realism_tau"] == 0.7
+    assert 0 < quality["n_kept"] < quality["n_generated"], quality["rejected"]  # the filter decided something
+    assert "no_augment" in json.loads((tmp_path / "metrics/ablation.json").read_text())
     page = (tmp_path / "reports/index.html").read_text()
     body = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page.split("<body>")[1])  # base64 can spell "http"
     assert page.count("data:image/png;base64,") >= 5 and "http" not in body  # self-contained
@@ -82,7 +87,7 @@ def test_repro_is_incremental(tmp_path):
     third = _run(tmp_path, "dvc", "repro")
     assert third.returncode == 0, third.stderr[-3000:]
     ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"train_real@real-0", "train_mix@0.5-1", "train_cas@0", "report"} <= ran, ran
+    assert {"train_real@real-0", "train_real@no_augment-1", "train_mix@0.5-1", "train_cas@0", "report"} <= ran, ran
     assert not ran & {"prepare", "train_judge", "train_gan", "generate", "filter"}, ran
 
     # --temp runs in a copy under .dvc/tmp/exps, like every queued experiment: what it does not hand
