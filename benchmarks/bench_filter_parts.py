@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from pipelines.sources.demo_faces import draw_demo_faces
+from facedata.sources.demo_faces import draw_demo_faces
 from quality import scores
 from quality.neighbours import knn
 

@@ -26,8 +26,8 @@ from classifiers.training import model_from_config
 from generators.config import GanConfig
 from generators.gan_networks import build_generator
 from generators.gan_training import train_gan
-from generators.sampling import SAMPLING_FORMAT, sample
-from pipelines.sources.demo_faces import draw_demo_faces
+from generators.gan_sampling import SAMPLING_FORMAT, sample
+from facedata.sources.demo_faces import draw_demo_faces
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:

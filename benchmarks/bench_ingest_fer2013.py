@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.sources.fer2013_csv import read_fer2013_csv
+from facedata.sources.fer2013_csv import read_fer2013_csv
 
 
 def baseline(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from classifiers.judge import Judge
-from pipelines.prepared_data import load_prepared
+from facedata.prepared import load_prepared
 from quality.neighbours import knn
 
 

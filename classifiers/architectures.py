@@ -45,7 +45,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
-from pipelines.errors import UserError
+from runtime.errors import UserError
 
 ARCHITECTURES: tuple[str, ...] = ("compact_cnn", "vgg_fer", "resnet18", "mobilenet_v3_small")
 ATTENTIONS: tuple[str, ...] = ("none", "se", "cbam")

@@ -16,16 +16,16 @@ batch separately (checked in tests/test_augment.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from pipelines.errors import UserError
+from runtime.config import Section
+from runtime.errors import UserError
 
 # Fixed normalisation constants: round values close to FER2013's pixel statistics
 # (mean ~0.51, std ~0.25 on [0, 1]); also close to ImageNet's gray mean/std for pretrained nets.
@@ -44,44 +44,18 @@ _FLIP, _ANGLE, _SCALE, _DX, _DY, _BRIGHT, _CONTRAST, _ERASE, _E_AREA, _E_RATIO, 
 _N_PARAMS = 12
 
 
-@dataclass
-class AugmentConfig:
-    """Training augmentation settings; 0 / False switches an op off."""
+class AugmentConfig(Section):
+    """`augment:` of a classifier section: training augmentation settings; 0 / False switches an op off."""
 
     hflip: bool = True
-    crop_padding: int = 4  # random crop of the image padded by this many pixels (= shift in [-p, p])
-    rotation_deg: float = 10.0  # rotation angle uniform in [-r, r] degrees
-    scale: float = 0.1  # zoom factor uniform in [1 - s, 1 + s]
-    brightness: float = 0.2  # pixel factor uniform in [1 - b, 1 + b]
-    contrast: float = 0.2  # contrast factor uniform in [1 - c, 1 + c] around the image mean
-    erasing_p: float = 0.25  # probability of erasing one rectangle (2-20% of the area) per image
+    crop_padding: int = Field(4, ge=0)  # random crop of the image padded by this many pixels (= shift in [-p, p])
+    rotation_deg: float = Field(10.0, ge=0, le=180)  # rotation angle uniform in [-r, r] degrees
+    scale: float = Field(0.1, ge=0, lt=1)  # zoom factor uniform in [1 - s, 1 + s]
+    brightness: float = Field(0.2, ge=0, lt=1)  # pixel factor uniform in [1 - b, 1 + b]
+    contrast: float = Field(0.2, ge=0, lt=1)  # contrast factor uniform in [1 - c, 1 + c] around the image mean
+    erasing_p: float = Field(0.25, ge=0, le=1)  # probability of erasing one rectangle (2-20% of the area) per image
     equalize: bool = False  # histogram equalisation in preprocess(), train and eval
-    pad_mode: str = "reflect"  # fill outside the image for crop/rotation: reflect | zeros | border
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.crop_padding >= 0 and int(self.crop_padding) == self.crop_padding, "crop_padding must be an integer >= 0"),
-            (0 <= self.rotation_deg <= 180, "rotation_deg must be in [0, 180]"),
-            (0 <= self.scale < 1, "scale must be in [0, 1)"),
-            (0 <= self.brightness < 1, "brightness must be in [0, 1)"),
-            (0 <= self.contrast < 1, "contrast must be in [0, 1)"),
-            (0 <= self.erasing_p <= 1, "erasing_p must be in [0, 1]"),
-            (self.pad_mode in PAD_MODES, f"pad_mode must be one of {', '.join(PAD_MODES)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"augmentation: {message}")
-        self.crop_padding = int(self.crop_padding)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> AugmentConfig:
-        """Build from a params.yaml section; unknown keys are a UserError."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"augmentation: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        return cls(**values)
+    pad_mode: Literal["reflect", "zeros", "border"] = "reflect"  # fill outside the image for crop/rotation
 
     @classmethod
     def off(cls) -> AugmentConfig:

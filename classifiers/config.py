@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
 from classifiers.augment import AugmentConfig
-from pipelines.errors import UserError
+from runtime.config import Section
 
 
-class TrainConfig(BaseModel):
-    """How to build and train one classifier. Every field has a params.yaml key of the same name."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+class TrainConfig(Section):
+    """How to build and train one classifier. Every field has a params.yaml key of the same name; the
+    whole section is the fingerprint (epochs and steps shape the learning-rate schedule)."""
 
     arch: Literal["compact_cnn", "vgg_fer", "resnet18", "mobilenet_v3_small"] = "vgg_fer"
     width: float = Field(1.0, gt=0, le=4)
@@ -39,7 +38,7 @@ class TrainConfig(BaseModel):
     select_by: Literal["accuracy", "macro_f1"] = "accuracy"
     tta: Literal["none", "flip", "flip_crops"] = "flip"  # test-time views for reported numbers
     val_tta: Literal["none", "flip", "flip_crops"] = "none"  # views for the per-epoch val selection (cheaper)
-    augment: Any = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     seed: int = 0
     max_minutes: float | None = Field(None, gt=0)
@@ -51,22 +50,3 @@ class TrainConfig(BaseModel):
     # needs the time (the CPU study does)
     eval_amp: bool = False
     channels_last: bool = True  # with CUDA or CPU autocast
-
-    @field_validator("augment", mode="before")
-    @classmethod
-    def _augment(cls, v: Any) -> AugmentConfig:
-        if isinstance(v, AugmentConfig):
-            return v
-        try:
-            return AugmentConfig.from_mapping(v)
-        except UserError as e:
-            raise ValueError(str(e)) from None
-        except TypeError as e:
-            raise ValueError(f"augmentation: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        d = self.model_dump()
-        d["augment"] = asdict(self.augment)
-        return d

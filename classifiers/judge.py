@@ -10,7 +10,8 @@ import torch
 from classifiers.augment import preprocess
 from classifiers.config import TrainConfig
 from classifiers.saved_model import load_classifier, save_classifier
-from classifiers.training import bf16_is_fast
+from runtime.device import bf16_is_fast
+from runtime.errors import UserError
 
 
 class Judge:
@@ -79,3 +80,15 @@ class Judge:
     def probabilities(self, images_uint8: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Calibrated class probabilities: softmax(logits / temperature)."""
         return torch.softmax(self.logits(images_uint8, batch_size) / self.temperature, dim=1)
+
+
+def load_judge(path: Path | None) -> Judge | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: judge not found; run `fersynth train-judge` (dvc repro train_judge) first")
+    try:
+        return Judge.load(path)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{path}: not a readable judge ({e}); rerun `fersynth train-judge`") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from classifiers.labels import EXPRESSIONS
+from runtime.labels import EXPRESSIONS
 
 
 def confusion_matrices(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int, index: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from classifiers import checkpoint as ckpt
+from runtime import checkpoint as ckpt
 from classifiers.config import TrainConfig
 
 

@@ -6,20 +6,17 @@ never imports `diffusers` (1.5 s of every stage's start-up on 2 cores).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from classifiers.labels import EXPRESSIONS
+from runtime.config import Section
+from runtime.labels import EXPRESSIONS
 
 DIFFAUG_OPS = ("translation", "cutout", "color", "brightness", "contrast")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _TrainingRun(_Frozen):
+class _TrainingRun(Section):
     """How a generator's training run executes, the same keys for both kinds."""
 
     seed: int = 0
@@ -34,6 +31,11 @@ class GanConfig(_TrainingRun):
 
     Defaults equal the shipped params.yaml (the demo on 2 CPU cores); tests/test_params_files.py holds
     the two together."""
+
+    # what a checkpoint may differ in and still resume: run length, budget, readings, where it runs
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset({
+        "steps", "max_minutes", "log_every", "sample_every", "quality_every", "quality_samples", "checkpoint_every",
+        "threads", "device"})
 
     max_minutes: float | None = Field(6, gt=0)  # a safety net: 300 demo steps take ~1.5 min on 2 quiet cores
 
@@ -107,15 +109,19 @@ class GanConfig(_TrainingRun):
             raise ValueError("both Adam betas must be in [0, 1)")
         return v
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
 
 MAX_LEVELS = {1: 5, 2: 4}  # patch size -> most UNet levels (48 -> 24 -> 12 -> 6 -> 3 stays integer)
 
 
 class DiffusionConfig(_TrainingRun):
     """The diffusion generator's params.yaml section; every field has a key of the same name."""
+
+    # the fields that shape the training trajectory decide whether a checkpoint resumes; length, budget,
+    # readings, sampling and threads may change between runs (e.g. train longer)
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset({
+        "steps", "max_minutes", "threads", "device", "sample_scheduler", "num_inference_steps", "guidance_scale",
+        "ddim_eta", "sample_unet_batch", "sample_every", "grid_per_class", "quality_every", "quality_per_class",
+        "quality_inference_steps", "checkpoint_every", "log_every"})
 
     # Defaults equal the shipped params.yaml (the demo, 2 CPU cores, a few minutes); see presets for FER2013 / GPU.
     max_minutes: float | None = Field(5, gt=0)
@@ -190,18 +196,10 @@ class DiffusionConfig(_TrainingRun):
                 raise ValueError(f"block_out_channels: {c} is not divisible by attention_head_dim {self.attention_head_dim}")
         return self
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The fields that shape the training trajectory: a checkpoint resumes only when they match.
-        Length, budget, readings, sampling and threads may change between runs (e.g. train longer)."""
-        return self.model_dump(mode="json", exclude=_NOT_TRAJECTORY)
 
 
-_NOT_TRAJECTORY = {"steps", "max_minutes", "threads", "device", "sample_scheduler", "num_inference_steps",
-                   "guidance_scale", "ddim_eta", "sample_unet_batch", "sample_every", "grid_per_class", "quality_every",
-                   "quality_per_class", "quality_inference_steps", "checkpoint_every", "log_every"}
 
-
-class GeneratorConfig(_Frozen):
+class GeneratorConfig(Section):
     """`generator:` — which kind of generator to train, with the settings of each kind."""
 
     kind: Literal["gan", "diffusion"] = "gan"
@@ -213,11 +211,9 @@ class GeneratorConfig(_Frozen):
     def _diffusion(cls, v: Any) -> Any:
         return {} if v is None else v
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "gan": self.gan.to_dict(), "diffusion": self.diffusion.model_dump(mode="json")}
 
 
-class GenerateConfig(_Frozen):
+class GenerateConfig(Section):
     """`generate:` — how many synthetic faces per class, and how to draw them."""
 
     policy: Literal["per_class", "balance", "counts"] = "per_class"
@@ -238,6 +234,3 @@ class GenerateConfig(_Frozen):
             if self.counts is None or len(self.counts) != len(EXPRESSIONS) or any(c < 0 for c in self.counts):
                 raise ValueError(f"policy 'counts' needs counts: {len(EXPRESSIONS)} numbers >= 0, one per expression")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")

@@ -25,25 +25,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from classifiers import checkpoint as ckpt
-from classifiers.labels import EXPRESSIONS
-from classifiers.training import resume_log, setup_training
 from generators.config import GanConfig
 from generators.diffaugment import diff_augment, parse_policy
 from generators.gan_networks import Generator, build_discriminator, build_generator, judge_logits
-from generators.quality import QualityProbe
-from generators.sampling import SAMPLING_FORMAT, sample, standing_statistics, to_generator_range
+from generators.gan_sampling import SAMPLING_FORMAT, sample, standing_statistics
+from generators.sampling import to_generator_range
+from quality.probe import QualityProbe
+from runtime import checkpoint as ckpt
+from runtime.device import setup_training
+from runtime.labels import EXPRESSIONS
+from runtime.resumable import ResumableRun, progress_bar, run_fingerprint
 
 NUM_CLASSES = len(EXPRESSIONS)
 GRID_COLUMNS = 8
 GRID_SEED = 2 * 10**12
-
-# config keys that do not change what a step computes, so changing them keeps a checkpoint usable
-_NOT_FINGERPRINTED = ("steps", "max_minutes", "log_every", "sample_every", "quality_every", "quality_samples",
-                      "checkpoint_every", "threads", "device")
-
 
 class GanDivergedError(FloatingPointError):
     """A loss or weight became NaN/inf; the last good checkpoint is left as it was."""
@@ -109,6 +105,228 @@ def grid_images(snapshot: Generator, seed: int = 0) -> torch.Tensor:
     return sample(snapshot, labels, seeds)
 
 
+@dataclass
+class _Nets:
+    """What a GAN checkpoint holds besides the step: both networks, the EMA generator, both Adams."""
+
+    G: Generator
+    D: torch.nn.Module
+    G_ema: Generator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    judge_model: torch.nn.Module | None
+
+    @classmethod
+    def build(cls, cfg: GanConfig, judge, device: torch.device, memory_format) -> "_Nets":
+        judge_model = copy.deepcopy(judge.model).to(device, memory_format=memory_format).eval() if judge else None
+        if judge_model is not None:
+            judge_model.requires_grad_(False)
+        G = build_generator(cfg).to(device, memory_format=memory_format)
+        D = build_discriminator(cfg, judge_model).to(device, memory_format=memory_format)
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        opt_g = torch.optim.Adam(list(G.parameters()), lr=cfg.g_lr, betas=cfg.betas)
+        opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=cfg.d_lr, betas=cfg.betas)
+        return cls(G, D, G_ema, opt_g, opt_d, judge_model)
+
+    @property
+    def g_params(self) -> list[torch.nn.Parameter]:
+        return list(self.G.parameters())
+
+    @property
+    def d_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.D.parameters() if p.requires_grad]
+
+    def checkpoint(self, step: int, history: list[dict]) -> tuple[dict, dict]:
+        og, og_meta = ckpt.optimizer_state(self.opt_g)
+        od, od_meta = ckpt.optimizer_state(self.opt_d)
+        tensors = {**ckpt.prefixed("G", self.G.state_dict()), **ckpt.prefixed("D", self.D.state_dict()),
+                   **ckpt.prefixed("G_ema", self.G_ema.state_dict()), **ckpt.prefixed("opt_g", og),
+                   **ckpt.prefixed("opt_d", od), "rng.torch": torch.get_rng_state()}
+        return tensors, {"kind": "gan-training", "step": step, "history": history, "opt_g": og_meta, "opt_d": od_meta}
+
+    def restore(self, tensors: dict, meta: dict) -> tuple[int, list[dict]]:
+        self.G.load_state_dict(ckpt.unprefixed("G", tensors))
+        self.D.load_state_dict(ckpt.unprefixed("D", tensors))
+        self.G_ema.load_state_dict(ckpt.unprefixed("G_ema", tensors))
+        ckpt.load_optimizer_state(self.opt_g, ckpt.unprefixed("opt_g", tensors), meta["opt_g"])
+        ckpt.load_optimizer_state(self.opt_d, ckpt.unprefixed("opt_d", tensors), meta["opt_d"])
+        torch.set_rng_state(tensors["rng.torch"])
+        return meta["step"], meta["history"]
+
+    def finite(self) -> bool:
+        return _all_finite(self.G, self.D, self.G_ema)
+
+    def broadcast_from_rank0(self) -> None:
+        for t in [*self.G.state_dict().values(), *self.D.state_dict().values(), *self.G_ema.state_dict().values()]:
+            dist.broadcast(t, 0)
+
+
+def _d_step(nets: _Nets, cfg: GanConfig, real, fake, y, y_fake, policy, g_aug, amp, step: int, world: int):
+    """Hinge loss on augmented reals and fakes (one pass over both), plus lazy R1; returns (loss, D(real), D(fake))."""
+    local = len(real)
+    with amp:
+        both = diff_augment(torch.cat([real, fake.detach()]), policy, g_aug)
+        out = nets.D(both, torch.cat([y, y_fake])).float()
+        d_real, d_fake = out[:local], out[local:]
+        loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    nets.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
+        x = diff_augment(real, policy, g_aug).detach().requires_grad_(True)
+        with amp:
+            score = nets.D(x, y).float().sum()
+        (grad,) = torch.autograd.grad(score, x, create_graph=True)
+        r1 = grad.float().square().sum(dim=(1, 2, 3)).mean() * (cfg.r1_gamma / 2 * cfg.r1_every)
+        r1.backward()
+    if world > 1:
+        _average_gradients(nets.d_params, world)
+    nets.opt_d.step()
+    return loss_d, d_real, d_fake
+
+
+def _g_gradients(nets: _Nets, cfg: GanConfig, fake, z, y_fake, policy, g_aug, amp, pairs: int, world: int):
+    """G's gradients through the just-updated D (whose weights get none), plus judge guidance and mode
+    seeking; returns (adversarial, judge cross-entropy, mode-seeking) losses. The caller steps."""
+    zero = torch.zeros((), device=fake.device)
+    with amp:
+        fake_aug = diff_augment(fake, policy, g_aug)
+        logits = None
+        if cfg.judge_guidance > 0 and cfg.d_kind == "projected" and cfg.judge_penultimate:
+            out_g, logits = nets.D.forward_with_logits(fake_aug, y_fake)
+        else:
+            out_g = nets.D(fake_aug, y_fake)
+        if cfg.judge_guidance > 0 and logits is None:
+            logits = judge_logits(nets.judge_model, fake_aug)
+        loss_adv = -out_g.float().mean()
+        loss_cls = F.cross_entropy(logits.float(), y_fake) if logits is not None else zero
+        loss_g = loss_adv + cfg.judge_guidance * loss_cls
+        loss_ms = zero
+        if pairs:
+            loss_ms = mode_seeking_loss(fake[:pairs].float(), fake[pairs:2 * pairs].float(), z[:pairs], z[pairs:2 * pairs])
+            loss_g = loss_g + cfg.mode_seeking * loss_ms
+    g_params = nets.g_params
+    nets.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward(inputs=g_params)
+    if world > 1:
+        _average_gradients(g_params, world)
+    return loss_adv, loss_cls, loss_ms
+
+
+def _ema_update(nets: _Nets, cfg: GanConfig, step: int) -> None:
+    with torch.no_grad():
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short memory early, when G changes fast
+        torch._foreach_lerp_(list(nets.G_ema.parameters()), nets.g_params, 1 - decay)
+        for b_ema, b in zip(nets.G_ema.buffers(), nets.G.buffers()):
+            b_ema.copy_(b)
+
+
+class _LossMeter:
+    """Mean losses and steps/s since the last log row."""
+
+    def __init__(self, cfg: GanConfig, step: int) -> None:
+        self.cfg, self.sums = cfg, torch.zeros(6, dtype=torch.float64)  # loss_d, loss_g, loss_cls, d_real, d_fake, loss_ms
+        self.t, self.step = time.perf_counter(), step
+
+    def add(self, stats: torch.Tensor) -> None:
+        self.sums += stats
+
+    def row(self, step: int) -> dict:
+        now, steps = time.perf_counter(), step - self.step
+        mean = (self.sums / max(1, steps)).tolist()
+        row = {"loss_d": mean[0], "loss_g": mean[1], "d_real": mean[3], "d_fake": mean[4],
+               "steps_per_s": steps / max(1e-9, now - self.t)}
+        if self.cfg.judge_guidance > 0:
+            row["loss_cls"] = mean[2]
+        if self.cfg.mode_seeking > 0:
+            row["loss_ms"] = mean[5]
+        self.sums.zero_()
+        self.t, self.step = now, step
+        return row
+
+
+class _Readings:
+    """Sample grids and quality readings of EMA snapshots (rank 0 only); `history` holds every reading."""
+
+    def __init__(self, cfg: GanConfig, judge, images_uint8, labels, rank: int, log, on_samples) -> None:
+        self.cfg, self.log, self.on_samples, self.rank = cfg, log, on_samples, rank
+        self.probe = QualityProbe(judge, images_uint8, labels, cfg.quality_samples, cfg.seed) if (judge is not None and rank == 0) else None
+        self.history: list[dict] = []
+        self.grid_step = -1
+
+    def quality(self, snapshot: Generator, step: int) -> None:
+        if self.probe is None:
+            return
+        q = {"step": step, **self.probe(lambda y, seeds: sample(snapshot, y, seeds))}
+        self.history.append(q)
+        if self.log is not None:
+            self.log({"gan_test": q["gan_test"]["overall"], "kid": q["kid"],
+                      **{f"gan_test_{k}": v for k, v in q["gan_test"]["per_class"].items()}}, step)
+
+    def during(self, G_ema: Generator, step: int) -> None:
+        do_samples, do_quality = step % self.cfg.sample_every == 0, step % self.cfg.quality_every == 0
+        if self.rank != 0 or not (do_samples or do_quality):
+            return
+        snap = _ema_snapshot(G_ema, self.cfg.seed)
+        if do_samples and self.on_samples is not None:
+            self.on_samples(grid_images(snap, self.cfg.seed), step)
+            self.grid_step = step
+        if do_quality:
+            self.quality(snap, step)
+
+    def at_end(self, snap: Generator, step: int) -> None:
+        if self.rank != 0:
+            return
+        if self.on_samples is not None and self.grid_step != step:
+            self.on_samples(grid_images(snap, self.cfg.seed), step)
+        if self.probe is not None and (not self.history or self.history[-1]["step"] != step):
+            self.quality(snap, step)
+
+
+@dataclass
+class _Batch:
+    real: torch.Tensor  # this rank's slice of the global batch, in the generator's range
+    y: torch.Tensor
+    z: torch.Tensor
+    y_fake: torch.Tensor  # the fakes' labels: with mode seeking, fake i and i + pairs share one
+    pairs: int
+    g_aug: torch.Generator  # this rank's augmentation draws of the step
+
+
+@dataclass
+class _Data:
+    images: torch.Tensor  # uint8, on the device
+    labels: torch.Tensor
+    draw_p: torch.Tensor  # per-face draw weights: every class equally often
+
+    def batch(self, cfg: GanConfig, step: int, rank: int, world: int, memory_format) -> _Batch:
+        """Step `step`'s batch: every draw from generators seeded by (seed, step, stream), so a resumed
+        run draws exactly what an uninterrupted one would; the global batch is the same on every rank."""
+        local = cfg.batch_size // world
+        mine = slice(rank * local, (rank + 1) * local)
+        g_draw = _step_generator(cfg.seed, step, 0)
+        g_aug = _step_generator(cfg.seed, step, 1 + rank)
+        device = self.images.device
+        idx = torch.multinomial(self.draw_p, cfg.batch_size, replacement=True, generator=g_draw)[mine].to(device)
+        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=g_draw)[mine].to(device)
+        real = to_generator_range(self.images[idx]).contiguous(memory_format=memory_format)
+        y = self.labels[idx]
+        pairs = local // 2 if cfg.mode_seeking > 0 else 0
+        y_fake = torch.cat([y[:pairs], y[:pairs], y[2 * pairs:]]) if pairs else y
+        return _Batch(real, y, z, y_fake, pairs, g_aug)
+
+
+def _train_step(nets: _Nets, cfg: GanConfig, b: _Batch, policy, amp, step: int, world: int) -> torch.Tensor:
+    """G draws the fakes, D steps on them, G's gradients are taken through the new D; returns the
+    step's readings (loss_d, loss_g, loss_cls, D(real), D(fake), loss_ms) for the caller to check
+    before it steps G."""
+    with amp:
+        fake = nets.G(b.z, b.y_fake)
+    loss_d, d_real, d_fake = _d_step(nets, cfg, b.real, fake, b.y, b.y_fake, policy, b.g_aug, amp, step, world)
+    loss_adv, loss_cls, loss_ms = _g_gradients(nets, cfg, fake, b.z, b.y_fake, policy, b.g_aug, amp, b.pairs, world)
+    return torch.stack([loss_d.detach(), loss_adv.detach(), loss_cls.detach(), d_real.detach().mean(),
+                        d_fake.detach().mean(), loss_ms.detach()]).double().cpu()
+
+
 def train_gan(
     images_uint8: torch.Tensor,
     labels: torch.Tensor,
@@ -130,227 +348,72 @@ def train_gan(
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
     if judge is None and (cfg.d_kind == "projected" or cfg.judge_guidance > 0):
         raise ValueError("a judge is needed for d_kind 'projected' and for judge_guidance > 0")
-    cuda = device.type == "cuda"
     # channels_last on CPU too: nearest upsampling of an NCHW tensor is ~7x slower there, and the
     # whole step measured 1.3x faster (benchmarks/bench_gan_step.py)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp)
-
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp)
     torch.manual_seed(cfg.seed)
-    judge_model = copy.deepcopy(judge.model).to(device, memory_format=memory_format).eval() if judge else None
-    if judge_model is not None:
-        judge_model.requires_grad_(False)
-    G = build_generator(cfg).to(device, memory_format=memory_format)
-    D = build_discriminator(cfg, judge_model).to(device, memory_format=memory_format)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    g_params = list(G.parameters())
-    d_params = [p for p in D.parameters() if p.requires_grad]
-    opt_g = torch.optim.Adam(g_params, lr=cfg.g_lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=cfg.betas)
-
-    data = images_uint8.to(device)
-    labels_dev = labels.to(device)
-    counts = torch.bincount(labels, minlength=NUM_CLASSES).double()
-    draw_p = (1.0 / counts.clamp(min=1))[labels]  # class-balanced: every class equally often
+    nets = _Nets.build(cfg, judge, device, memory_format)
+    data = _Data(images_uint8.to(device), labels.to(device),
+                 (1.0 / torch.bincount(labels, minlength=NUM_CLASSES).double().clamp(min=1))[labels])  # class-balanced
     policy = parse_policy(cfg.diffaug)
-    local = cfg.batch_size // world
-    mine = slice(rank * local, (rank + 1) * local)
 
-    n = len(labels)
-    fingerprint = {
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED},
-        "world": world, "n_train": n,
-        "data_sha256": ckpt.data_digest(images_uint8, labels),
-        "judge": _tensor_digest(judge.model.state_dict()) if judge is not None else None,
-    }
-    last_path = checkpoint_dir / "last.safetensors" if checkpoint_dir else None
-    step, elapsed, history = 0, 0.0, []
-    if last_path is not None and last_path.exists():
-        tensors, meta = ckpt.load_checkpoint(last_path)
-        if meta.get("fingerprint") == fingerprint:
-            G.load_state_dict(ckpt.unprefixed("G", tensors))
-            D.load_state_dict(ckpt.unprefixed("D", tensors))
-            G_ema.load_state_dict(ckpt.unprefixed("G_ema", tensors))
-            ckpt.load_optimizer_state(opt_g, ckpt.unprefixed("opt_g", tensors), meta["opt_g"])
-            ckpt.load_optimizer_state(opt_d, ckpt.unprefixed("opt_d", tensors), meta["opt_d"])
-            torch.set_rng_state(tensors["rng.torch"])
-            step, elapsed, history = meta["step"], meta["elapsed"], meta["history"]
-            if rank == 0:
-                print(f"resuming GAN training from {last_path} at step {step}", flush=True)
-                resume_log(log, step)
-        elif rank == 0:
-            print(f"{last_path} was made with other settings or data; starting afresh", flush=True)
+    judge_digest = _tensor_digest(judge.model.state_dict()) if judge is not None else None
+    run = ResumableRun("GAN training", checkpoint_dir, run_fingerprint(cfg, images_uint8, labels, world, judge=judge_digest),
+                       max_minutes=cfg.max_minutes, rank=rank, world=world, log=log)
+    readings = _Readings(cfg, judge, images_uint8, labels, rank, log, on_samples)
+    step = 0
+    restored = run.restore()
+    if restored is not None:
+        step, readings.history = nets.restore(*restored)
+        run.resumed(f"step {step}", log_step=step)
     if world > 1:  # identical starting weights on every rank whatever happened above
-        for t in [*G.state_dict().values(), *D.state_dict().values(), *G_ema.state_dict().values()]:
-            dist.broadcast(t, 0)
-
+        nets.broadcast_from_rank0()
     saved_step = step
 
     def save_checkpoint() -> None:
         nonlocal saved_step
-        if not _all_finite(G, D, G_ema):
-            raise GanDivergedError(
-                f"GAN weights became NaN/inf by step {step}; the last good checkpoint (step {saved_step}) "
-                f"is kept at {last_path}; lower g_lr/d_lr or set r1_gamma > 0, then rerun")
-        if last_path is None or rank != 0:
-            saved_step = step
-            return
-        og, og_meta = ckpt.optimizer_state(opt_g)
-        od, od_meta = ckpt.optimizer_state(opt_d)
-        tensors = {**ckpt.prefixed("G", G.state_dict()), **ckpt.prefixed("D", D.state_dict()),
-                   **ckpt.prefixed("G_ema", G_ema.state_dict()), **ckpt.prefixed("opt_g", og),
-                   **ckpt.prefixed("opt_d", od), "rng.torch": torch.get_rng_state()}
-        meta = {"kind": "gan-training", "fingerprint": fingerprint, "step": step, "elapsed": elapsed,
-                "history": history, "opt_g": og_meta, "opt_d": od_meta}
-        ckpt.save_checkpoint(last_path, tensors, meta)
+        if not nets.finite():
+            raise GanDivergedError(f"GAN weights became NaN/inf by step {step}; the last good checkpoint (step {saved_step}) "
+                                   f"is kept at {run.path}; lower g_lr/d_lr or set r1_gamma > 0, then rerun")
+        run.save(*nets.checkpoint(step, readings.history))
         saved_step = step
 
-    probe = QualityProbe(judge, images_uint8, labels, cfg.quality_samples, cfg.seed) if (judge is not None and rank == 0) else None
-
-    def readings(snapshot: Generator) -> None:
-        if probe is None:
-            return
-        q = {"step": step, **probe(lambda y, seeds: sample(snapshot, y, seeds))}
-        history.append(q)
-        if log is not None:
-            row = {"gan_test": q["gan_test"]["overall"], "kid": q["kid"],
-                   **{f"gan_test_{k}": v for k, v in q["gan_test"]["per_class"].items()}}
-            log(row, step)
-
-    grid_step = -1
-
-    def snapshot_outputs(do_samples: bool, do_quality: bool) -> None:
-        nonlocal grid_step
-        if rank != 0 or not (do_samples or do_quality):
-            return
-        snap = _ema_snapshot(G_ema, cfg.seed)
-        if do_samples and on_samples is not None:
-            on_samples(grid_images(snap, cfg.seed), step)
-            grid_step = step
-        if do_quality:
-            readings(snap)
-
     stopped = "completed"
-    sums = torch.zeros(6, dtype=torch.float64)  # loss_d, loss_g, loss_cls, d_real, d_fake, loss_ms since last log
-    t_log, steps_at_log = time.perf_counter(), step
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress or rank != 0, transient=False)
-    t_segment = time.perf_counter()
-    elapsed_at_segment = elapsed
-    G.train()
-    D.train()
-    with bar:
+    meter = _LossMeter(cfg, step)
+    nets.G.train()
+    nets.D.train()
+    with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task(f"GAN ({cfg.d_kind} D)", total=cfg.steps, completed=step)
         while step < cfg.steps:
-            elapsed = elapsed_at_segment + time.perf_counter() - t_segment
-            if cfg.max_minutes is not None:
-                used = elapsed / (60 * cfg.max_minutes)
-                if world > 1:  # all ranks must stop at the same step
-                    used_t = torch.tensor([used], dtype=torch.float64)
-                    dist.all_reduce(used_t, op=dist.ReduceOp.MAX)
-                    used = float(used_t)
-                if used >= 1:
-                    stopped = f"time budget of {cfg.max_minutes} min reached at step {step}"
-                    break
-
-            g_draw = _step_generator(cfg.seed, step, 0)  # same on every rank: the global batch
-            g_aug = _step_generator(cfg.seed, step, 1 + rank)
-            idx = torch.multinomial(draw_p, cfg.batch_size, replacement=True, generator=g_draw)[mine].to(device)
-            z = torch.randn(cfg.batch_size, cfg.z_dim, generator=g_draw)[mine].to(device)
-            real = to_generator_range(data[idx]).contiguous(memory_format=memory_format)
-            y = labels_dev[idx]
-            pairs = local // 2 if cfg.mode_seeking > 0 else 0
-            y_fake = torch.cat([y[:pairs], y[:pairs], y[2 * pairs:]]) if pairs else y  # fake i and i + pairs share a label
-
-            with amp:
-                fake = G(z, y_fake)
-            # D step: hinge loss on augmented reals and fakes, one pass over both
-            with amp:
-                both = diff_augment(torch.cat([real, fake.detach()]), policy, g_aug)
-                out = D(both, torch.cat([y, y_fake])).float()
-                d_real, d_fake = out[:local], out[local:]
-                loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
-                x = diff_augment(real, policy, g_aug).detach().requires_grad_(True)
-                with amp:
-                    score = D(x, y).float().sum()
-                (grad,) = torch.autograd.grad(score, x, create_graph=True)
-                r1 = grad.float().square().sum(dim=(1, 2, 3)).mean() * (cfg.r1_gamma / 2 * cfg.r1_every)
-                r1.backward()
-            if world > 1:
-                _average_gradients(d_params, world)
-            opt_d.step()
-
-            # G step: through the updated D (its weights get no gradient), plus optional judge guidance
-            with amp:
-                fake_aug = diff_augment(fake, policy, g_aug)
-                logits = None
-                if cfg.judge_guidance > 0 and cfg.d_kind == "projected" and cfg.judge_penultimate:
-                    out_g, logits = D.forward_with_logits(fake_aug, y_fake)
-                else:
-                    out_g = D(fake_aug, y_fake)
-                if cfg.judge_guidance > 0 and logits is None:
-                    logits = judge_logits(judge_model, fake_aug)
-                loss_adv = -out_g.float().mean()
-                loss_cls = F.cross_entropy(logits.float(), y_fake) if logits is not None else torch.zeros((), device=device)
-                loss_g = loss_adv + cfg.judge_guidance * loss_cls
-                loss_ms = torch.zeros((), device=device)
-                if pairs:
-                    loss_ms = mode_seeking_loss(fake[:pairs].float(), fake[pairs:2 * pairs].float(),
-                                                z[:pairs], z[pairs:2 * pairs])
-                    loss_g = loss_g + cfg.mode_seeking * loss_ms
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward(inputs=g_params)
-            if world > 1:
-                _average_gradients(g_params, world)
-
-            stats = torch.stack([loss_d.detach(), loss_adv.detach(), loss_cls.detach(), d_real.detach().mean(),
-                                 d_fake.detach().mean(), loss_ms.detach()]).double().cpu()
+            if run.budget_used() >= 1:
+                stopped = f"time budget of {cfg.max_minutes} min reached at step {step}"
+                break
+            batch = data.batch(cfg, step, rank, world, memory_format)
+            stats = _train_step(nets, cfg, batch, policy, amp, step, world)
             if not bool(torch.isfinite(stats).all()):
                 raise GanDivergedError(
                     f"GAN training diverged at step {step + 1} (loss_d {stats[0]:.4g}, loss_g {stats[1]:.4g}); "
-                    f"the last good checkpoint (step {saved_step}) is kept"
-                    f"{f' at {last_path}' if last_path else ''}; lower g_lr/d_lr or set r1_gamma > 0, then rerun")
-            opt_g.step()
-            with torch.no_grad():
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short memory early, when G changes fast
-                torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1 - decay)
-                for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-                    b_ema.copy_(b)
-            step += 1
-            sums += stats
+                    f"the last good checkpoint (step {saved_step}) is kept{f' at {run.path}' if run.path else ''}; "
+                    "lower g_lr/d_lr or set r1_gamma > 0, then rerun")
+            nets.opt_g.step()
+            _ema_update(nets, cfg, step)
+            step = step + 1
+            meter.add(stats)
             bar.update(task, advance=1)
-
             if step % cfg.log_every == 0:
-                now = time.perf_counter()
-                mean = (sums / max(1, step - steps_at_log)).tolist()
-                row = {"loss_d": mean[0], "loss_g": mean[1], "d_real": mean[3], "d_fake": mean[4],
-                       "steps_per_s": (step - steps_at_log) / max(1e-9, now - t_log)}
-                if cfg.judge_guidance > 0:
-                    row["loss_cls"] = mean[2]
-                if cfg.mode_seeking > 0:
-                    row["loss_ms"] = mean[5]
+                row = meter.row(step)
                 if log is not None and rank == 0:
                     log({k: round(v, 5) for k, v in row.items()}, step)
-                bar.update(task, description=f"GAN ({cfg.d_kind} D) loss_d {mean[0]:.3f} loss_g {mean[1]:.3f}")
-                sums.zero_()
-                t_log, steps_at_log = now, step
-            snapshot_outputs(step % cfg.sample_every == 0, step % cfg.quality_every == 0)
+                bar.update(task, description=f"GAN ({cfg.d_kind} D) loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f}")
+            readings.during(nets.G_ema, step)
             if step % cfg.checkpoint_every == 0:
-                elapsed = elapsed_at_segment + time.perf_counter() - t_segment
                 save_checkpoint()
-
-    elapsed = elapsed_at_segment + time.perf_counter() - t_segment
     if step != saved_step:
         save_checkpoint()
-    snap = _ema_snapshot(G_ema, cfg.seed)
-    if rank == 0:
-        if on_samples is not None and grid_step != step:
-            on_samples(grid_images(snap, cfg.seed), step)
-        if probe is not None and (not history or history[-1]["step"] != step):
-            readings(snap)
+    snap = _ema_snapshot(nets.G_ema, cfg.seed)
+    readings.at_end(snap, step)
     if world > 1:
         dist.barrier()
-    return GanResult(snap, step, elapsed, stopped, history[-1] if history else {}, history)
+    history = readings.history
+    return GanResult(snap, step, run.elapsed(), stopped, history[-1] if history else {}, history)

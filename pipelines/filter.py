@@ -12,7 +12,7 @@ Writes, each atomically:
   plots/quality/nearest_pairs.png       the synthetic faces closest to a real training face, each
                                         above its real neighbour
 With `filter.cas_steps` > 0, quality.json also holds CAS (train on synthetic only, test on real)
-before and after filtering on equal per-class counts (pipelines/cas.py).
+before and after filtering on equal per-class counts (quality/cas.py).
 Filters run in a fixed order and an image is charged to the first one it fails: degenerate,
 memorization, duplicate, label_fidelity, realism.
 """
@@ -25,124 +25,24 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 from rich.console import Console
 from safetensors.torch import save
 
-from classifiers.labels import EXPRESSIONS
-from generators.quality import gan_test
-from pipelines import atomic
-from pipelines.cas import cas_before_after
-from pipelines.config import FilterConfig
-from pipelines.errors import UserError
-from pipelines.generate import DATA_FILE, load_synthetic
-from pipelines.prepared_data import LabelledImages, load_prepared
-from pipelines.train_gan import load_judge
+from runtime.labels import EXPRESSIONS
+from runtime import atomic
+from quality.cas import cas_before_after
+from quality.config import FilterConfig
+from runtime.errors import UserError
+from facedata.synthetic import DATA_FILE, load_synthetic
+from facedata.prepared import load_prepared
+from classifiers.judge import load_judge
 from quality import scores
-from quality.inception import InceptionReference, load_inception
 from quality.neighbours import knn
 from quality.perceptual import load_lpips
-from quality.set_metrics import set_metrics
-
-REASONS = ("degenerate", "memorization", "duplicate", "label_fidelity", "realism")
-
-
-def nearest_real(shortlist: tuple[torch.Tensor, torch.Tensor], fake_uint8: torch.Tensor, real_uint8: torch.Tensor,
-                 lpips_fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distance, index) of each fake image's nearest real image: the feature-space k-NN shortlist's
-    first entry, or the shortlist re-ranked by LPIPS when LPIPS is available."""
-    d, idx = shortlist
-    if lpips_fn is None:
-        return d[:, 0], idx[:, 0]
-    n, k = idx.shape
-    lp = lpips_fn(fake_uint8.repeat_interleave(k, 0), real_uint8[idx.flatten()]).reshape(n, k)
-    best = lp.argmin(1)
-    return lp.gather(1, best[:, None]).squeeze(1), idx.gather(1, best[:, None]).squeeze(1)
-
-
-def nearest_pixel_copy(shortlist_index: torch.Tensor, fake_uint8: torch.Tensor, real_uint8: torch.Tensor,
-                       max_shift: int, chunk: int = 2048) -> torch.Tensor:
-    """Each fake image's smallest shift-tolerant pixel distance to its shortlisted real faces."""
-    out = []
-    for start in range(0, len(shortlist_index), chunk):
-        rows = shortlist_index[start:start + chunk]
-        n, k = rows.shape
-        d = scores.pixel_copy_distance(fake_uint8[start:start + chunk].repeat_interleave(k, 0),
-                                       real_uint8[rows.flatten()], max_shift)
-        out.append(d.view(n, k).min(1).values)
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def decide(cfg: FilterConfig, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
-    """Kept mask and first reason per image (`""` when kept), before any per-class refill."""
-    n = len(s["label_prob"])
-    failed = {
-        "degenerate": s["degenerate"] if cfg.degenerate else torch.zeros(n, dtype=torch.bool),
-        "memorization": s["memorized"] if cfg.memorization else torch.zeros(n, dtype=torch.bool),
-        "duplicate": s["duplicate"] if cfg.duplicates else torch.zeros(n, dtype=torch.bool),
-        "label_fidelity": (s["label_prob"] < cfg.label_tau) if cfg.label_fidelity else torch.zeros(n, dtype=torch.bool),
-        "realism": (s["realism"] < cfg.realism_tau) if cfg.realism else torch.zeros(n, dtype=torch.bool),
-    }
-    reason = [""] * n
-    for name in reversed(REASONS):  # the earliest filter in REASONS wins
-        for i in torch.nonzero(failed[name]).flatten().tolist():
-            reason[i] = name
-    kept = torch.tensor([r == "" for r in reason], dtype=torch.bool)
-    return kept, reason
-
-
-def refill(cfg: FilterConfig, labels: torch.Tensor, kept: torch.Tensor, reason: list[str],
-           label_prob: torch.Tensor, console: Console) -> tuple[torch.Tensor, dict]:
-    """Per class: warn when fewer than min_keep_fraction survive; optionally re-admit the best
-    label_fidelity / realism rejects (never degenerate images, copies or duplicates)."""
-    warnings = {}
-    kept = kept.clone()
-    soft = torch.tensor([r in ("label_fidelity", "realism") for r in reason], dtype=torch.bool)
-    for c, name in enumerate(EXPRESSIONS):
-        members = labels == c
-        n = int(members.sum())
-        if n == 0:
-            continue
-        need = int(torch.ceil(torch.tensor(cfg.min_keep_fraction * n)).item()) - int((kept & members).sum())
-        if need <= 0:
-            continue
-        msg = f"filter kept {int((kept & members).sum())}/{n} {name} images (< {cfg.min_keep_fraction:.0%})"
-        readmit = []
-        if cfg.refill:
-            pool = torch.nonzero(members & ~kept & soft).flatten()
-            readmit = pool[torch.argsort(label_prob[pool], descending=True, stable=True)[:need]].tolist()
-            for i in readmit:
-                kept[i] = True
-                reason[i] = f"refilled ({reason[i]})"
-            msg += f"; re-admitted {len(readmit)} by label fidelity"
-        console.print(f"[yellow]warning:[/] {msg}")
-        warnings[name] = msg
-    return kept, warnings
-
-
-def contact_sheet(images: torch.Tensor, labels: torch.Tensor, kept: torch.Tensor, per_class: int, path: Path) -> None:
-    """One row per expression: up to `per_class` kept faces, a blank, then up to `per_class` rejected."""
-    blank = torch.full((1, 48, 48), 255, dtype=torch.uint8)
-    tiles = []
-    for c in range(len(EXPRESSIONS)):
-        for group in (kept, ~kept):
-            idx = torch.nonzero((labels == c) & group).flatten()[:per_class]
-            row = [images[i] for i in idx.tolist()] + [blank] * (per_class - len(idx))
-            tiles.extend(row)
-            if group is kept:
-                tiles.append(blank)
-    grid = torchvision.utils.make_grid(torch.stack(tiles).float() / 255, nrow=2 * per_class + 1, padding=2, pad_value=1.0)
-    with atomic.atomic_path(path) as tmp:
-        torchvision.utils.save_image(grid[:1], tmp, format="PNG")
-
-
-def pairs_sheet(fake: torch.Tensor, real: torch.Tensor, path: Path) -> None:
-    """Synthetic faces (top row) above their nearest real training faces (bottom row)."""
-    if len(fake) == 0:
-        return
-    grid = torchvision.utils.make_grid(torch.cat([fake, real]).float() / 255, nrow=len(fake), padding=2, pad_value=1.0)
-    with atomic.atomic_path(path) as tmp:
-        torchvision.utils.save_image(grid[:1], tmp, format="PNG")
+from figures.grids import contact_sheet, pairs_sheet
+from quality.decisions import REASONS, decide, refill
+from quality.readings import inception_reference, quality_readings
+from quality.scores import nearest_pixel_copy, nearest_real
 
 
 def _manifest_csv(rows: list[dict]) -> str:
@@ -151,46 +51,6 @@ def _manifest_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def quality_readings(real: LabelledImages, real_feats: torch.Tensor, fake: LabelledImages, fake_feats: torch.Tensor,
-                     probs: torch.Tensor, cfg: FilterConfig, lpips_fn, max_fake: int | None = None) -> dict:
-    """Set-level metrics of `fake` against `real` (judge features; at most max_fake synthetic faces),
-    GAN-test, and LPIPS diversity if available. Inception-v3 FID/KID come from
-    `InceptionReference.compare`, timed apart (it is slow)."""
-    out = set_metrics(real_feats, real.labels, fake_feats, fake.labels, cfg.max_real_for_metrics, cfg.seed,
-                      max_fake=max_fake)
-    if len(fake):
-        out["gan_test"] = gan_test(probs, fake.labels)
-    if lpips_fn is not None:
-        out["lpips_diversity"] = _lpips_diversity(lpips_fn, real, fake, cfg.seed)
-    return out
-
-
-def inception_reference(cfg: FilterConfig, train: LabelledImages) -> tuple[InceptionReference | None, str]:
-    """The real side of the Inception metrics (None when switched off or the weights are absent)."""
-    model, description = load_inception(cfg.inception)
-    if model is None:
-        return None, description
-    return InceptionReference(model, train.images, train.labels, cfg.inception_samples, cfg.seed), description
-
-
-def _lpips_diversity(lpips_fn, real: LabelledImages, fake: LabelledImages, seed: int, pairs: int = 200) -> dict:
-    """Mean LPIPS between random same-class pairs, synthetic vs real, per class."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for c, name in enumerate(EXPRESSIONS):
-        row = {}
-        for which, data in (("synthetic", fake), ("real", real)):
-            idx = torch.nonzero(data.labels == c).flatten()
-            if len(idx) < 2:
-                continue
-            a = idx[torch.randint(0, len(idx), (pairs,), generator=g)]
-            b = idx[torch.randint(0, len(idx), (pairs,), generator=g)]
-            ok = a != b
-            row[which] = round(float(lpips_fn(data.images[a[ok]], data.images[b[ok]]).mean()), 4)
-        out[name] = row
-    return out
 
 
 def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_path: Path,
@@ -316,7 +176,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
         "seconds": seconds,
         "before": before, "after": after,
         "cas": cas if cas is not None else "off (filter.cas_steps: 0); the ablation's synthetic_only arm measures CAS",
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.to_dict(),
     }
     summary = {k: quality[k] for k in ("n_generated", "n_kept", "kept_per_class", "memorization_threshold",
                                        "memorization_distance", "rejected")}

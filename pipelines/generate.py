@@ -21,19 +21,18 @@ from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
-from classifiers.labels import EXPRESSIONS
+from runtime.labels import EXPRESSIONS
 from generators.config import GenerateConfig
-from generators.sampling import file_sha256, load_sampler
-from pipelines import atomic
-from pipelines.errors import UserError
-from pipelines.prepared_data import LabelledImages, check_images
+from generators.registry import KINDS, load_sampler
+from generators.sampling import file_sha256
+from runtime import atomic
+from runtime.errors import UserError
+from facedata.prepared import check_images
+from facedata.synthetic import CSV_FILE, DATA_FILE, export_csv, export_png
 
 SEED_STRIDE = 10_000_000  # images per generate seed: image i gets seed * SEED_STRIDE + i
-DATA_FILE = "synthetic.safetensors"
-CSV_FILE = "synthetic_fer2013.csv"
-
 
 def _as_list(real_train_counts: Sequence[int] | Mapping[str, int]) -> list[int]:
     """7 counts in FER2013 order, from a list or a {expression: count} mapping (a prepared manifest's)."""
@@ -71,7 +70,7 @@ def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_count
     counts = class_counts(gen_cfg, real_train_counts)
     labels = torch.repeat_interleave(torch.arange(len(EXPRESSIONS)), torch.tensor(counts, dtype=torch.int64))
     seeds = seeds_for(gen_cfg, len(labels))
-    knob = {"truncation": gen_cfg.truncation} if sampler.kind == "gan" else {"guidance_scale": gen_cfg.guidance_scale}
+    knob = KINDS[sampler.kind].sample_options(gen_cfg)  # truncation (GAN) or guidance_scale (diffusion)
 
     images = torch.empty(len(labels), 1, 48, 48, dtype=torch.uint8)
     chunk = max(gen_cfg.batch_size, 1)
@@ -110,31 +109,3 @@ def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_count
     return manifest
 
 
-def export_png(images: torch.Tensor, labels: torch.Tensor, root: Path) -> None:
-    """<root>/<expression>/<i>.png, i the image's index in the dataset (its seed is seed * stride + i)."""
-    from PIL import Image
-
-    for name in EXPRESSIONS:
-        (root / name).mkdir(parents=True, exist_ok=True)
-    width = max(7, len(str(len(labels))))
-    for i, (image, label) in enumerate(zip(images[:, 0].numpy(), labels.tolist())):
-        Image.fromarray(image).save(root / EXPRESSIONS[label] / f"{i:0{width}d}.png")
-
-
-def export_csv(images: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
-    """FER2013 layout: `emotion,pixels,Usage`, pixels space-separated row-major, Usage=Training."""
-    with open(path, "w", newline="\n") as f:
-        f.write("emotion,pixels,Usage\n")
-        for image, label in zip(images.reshape(len(images), -1).tolist(), labels.tolist()):
-            f.write(f"{label},{' '.join(map(str, image))},Training\n")
-
-
-def load_synthetic(directory: str | Path = "data/synthetic") -> tuple[LabelledImages, torch.Tensor]:
-    """(images + labels, seeds) of a generated set."""
-    path = Path(directory) / DATA_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: synthetic set not found; run `fersynth generate` (dvc repro generate) first")
-    tensors = load_file(str(path))
-    data = LabelledImages(tensors["images"], tensors["labels"])
-    check_images(*data)
-    return data, tensors["seeds"]

@@ -9,13 +9,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pipelines import atomic
-from pipelines.config import EXPRESSIONS, DataConfig
-from pipelines.errors import UserError
-from pipelines.prepared_data import SPLITS, LabelledImages, encode_split
-from pipelines.sources.fer2013_csv import RawSplits, read_fer2013_csv
-from pipelines.sources.image_folder import read_image_folder
-from pipelines.splits import duplicate_report, nested_subsample, stratified_split
+from runtime import atomic
+from runtime.labels import EXPRESSIONS
+from facedata.config import DataConfig
+from runtime.errors import UserError
+from facedata.prepared import SPLITS, LabelledImages, encode_split
+from facedata.sources.fer2013_csv import RawSplits, read_fer2013_csv
+from facedata.sources.image_folder import read_image_folder
+from facedata.splits import duplicate_report, nested_subsample, stratified_split
 
 
 def resolve_data_path(path: str, cwd: Path | None = None) -> Path:
@@ -39,7 +40,7 @@ def resolve_data_path(path: str, cwd: Path | None = None) -> Path:
 
 def read_source(cfg: DataConfig) -> RawSplits:
     if cfg.source == "demo":
-        from pipelines.sources.demo_faces import draw_demo_faces
+        from facedata.sources.demo_faces import draw_demo_faces
 
         images, labels = draw_demo_faces(cfg.demo_per_class, seed=cfg.seed)
         return RawSplits({"all": (images, labels)}, presplit=False)
@@ -107,7 +108,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path = "data/prepared", console: Con
 
     manifest = {
         "source": _source_fingerprint(cfg),
-        "params": cfg.model_dump(),
+        "params": cfg.to_dict(),
         "classes": list(EXPRESSIONS),
         "counts": {name: class_counts(d.labels) for name, d in splits.items()},
         "totals": {name: len(d) for name, d in splits.items()},

@@ -2,7 +2,7 @@
 
 Its penultimate features and calibrated probabilities are the domain feature space and the
 label-fidelity oracle for the quality metrics and filters. It never trains on val or test labels;
-val is used for model selection and for the one calibration scalar, test only for reporting.
+val is used for model selection and for the one calibration scalar, test only for ablation.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from rich.console import Console
 from classifiers.calibration import expected_calibration_error, fit_temperature, nll
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
-from pipelines import atomic
-from pipelines.prepared_data import LabelledImages
-from classifiers.training import is_main_process
-from pipelines.train_classifier import fit_and_report
+from runtime import atomic
+from facedata.prepared import LabelledImages
+from runtime.device import is_main_process
+from classifiers.fit import fit_and_report
 
 
 def run_train_judge(cfg: TrainConfig, data: dict[str, LabelledImages], out_dir: Path, metrics_path: Path,

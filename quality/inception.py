@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor
 
-from classifiers.labels import EXPRESSIONS
-from generators.quality import kid
+from runtime.labels import EXPRESSIONS
+from quality.probe import kid
 from quality.set_metrics import fid
 
 ENV_VAR = "FERSYNTH_INCEPTION"

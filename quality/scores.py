@@ -148,3 +148,29 @@ def degenerate(images_uint8: Tensor, min_std: float, max_saturated: float) -> Te
     flat = x.float().std(dim=1) < min_std
     saturated = ((x == 0) | (x == 255)).float().mean(dim=1) > max_saturated
     return flat | saturated
+
+
+def nearest_real(shortlist: tuple[torch.Tensor, torch.Tensor], fake_uint8: torch.Tensor, real_uint8: torch.Tensor,
+                 lpips_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, index) of each fake image's nearest real image: the feature-space k-NN shortlist's
+    first entry, or the shortlist re-ranked by LPIPS when LPIPS is available."""
+    d, idx = shortlist
+    if lpips_fn is None:
+        return d[:, 0], idx[:, 0]
+    n, k = idx.shape
+    lp = lpips_fn(fake_uint8.repeat_interleave(k, 0), real_uint8[idx.flatten()]).reshape(n, k)
+    best = lp.argmin(1)
+    return lp.gather(1, best[:, None]).squeeze(1), idx.gather(1, best[:, None]).squeeze(1)
+
+
+def nearest_pixel_copy(shortlist_index: torch.Tensor, fake_uint8: torch.Tensor, real_uint8: torch.Tensor,
+                       max_shift: int, chunk: int = 2048) -> torch.Tensor:
+    """Each fake image's smallest shift-tolerant pixel distance to its shortlisted real faces."""
+    out = []
+    for start in range(0, len(shortlist_index), chunk):
+        rows = shortlist_index[start:start + chunk]
+        n, k = rows.shape
+        d = pixel_copy_distance(fake_uint8[start:start + chunk].repeat_interleave(k, 0),
+                                       real_uint8[rows.flatten()], max_shift)
+        out.append(d.view(n, k).min(1).values)
+    return torch.cat(out) if out else torch.zeros(0)

@@ -3,7 +3,7 @@
 * FID (Heusel et al. 2017): Frechet distance between Gaussians fitted to the two feature sets.
   Tr sqrt(S1 S2) is the sum of square roots of the eigenvalues of S1 S2 (real and >= 0 for PSD
   S1, S2), which avoids scipy's sqrtm and its complex round-off.
-* KID (Binkowski et al. 2018): `generators.quality.kid` (unbiased MMD^2, cubic kernel, subsets);
+* KID (Binkowski et al. 2018): `quality.probe.kid` (unbiased MMD^2, cubic kernel, subsets);
   per class with subset sizes capped by the smaller set, so disgust's few images still give a value.
 * Improved precision / recall (Kynkaanniemi et al. 2019, k = 3): the share of synthetic points
   inside the union of real k-NN balls, and of real points inside the synthetic balls.
@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from classifiers.labels import EXPRESSIONS
-from generators.quality import kid
+from runtime.labels import EXPRESSIONS
+from quality.probe import kid
 from quality.neighbours import kth_radius
 
 

@@ -70,8 +70,8 @@ def train_tiny_classifier(epochs: int):
     from classifiers.augment import AugmentConfig
     from classifiers.config import TrainConfig
     from classifiers.training import train_classifier
-    from pipelines.prepared_data import LabelledImages
-    from pipelines.sources.demo_faces import draw_demo_faces
+    from facedata.prepared import LabelledImages
+    from facedata.sources.demo_faces import draw_demo_faces
 
     before = torch.get_num_threads()
     x, y = draw_demo_faces(60, seed=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from classifiers.architectures import ARCHITECTURES, ExpressionNet, build_model, count_parameters
-from pipelines.errors import UserError
+from runtime.errors import UserError
 
 torch.set_num_threads(2)
 

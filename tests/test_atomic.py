@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import atomic
+from runtime import atomic
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_checkpoints_and_models_are_shareable_too(tmp_path, umask):
     """Checkpoints and saved models (safetensors) go through the same atomic write."""
     import torch
 
-    from classifiers.checkpoint import load_checkpoint, save_checkpoint
+    from runtime.checkpoint import load_checkpoint, save_checkpoint
 
     umask(0o022)
     save_checkpoint(tmp_path / "model.safetensors", {"w": torch.ones(2)}, {"kind": "test"})

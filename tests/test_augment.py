@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from pydantic import ValidationError
 
 from classifiers.augment import (
     MEAN,
@@ -17,7 +16,7 @@ from classifiers.augment import (
     tta_probabilities,
     tta_views,
 )
-from pipelines.errors import UserError
+from runtime.errors import UserError
 
 OFF = AugmentConfig.off()
 SINGLE_OPS = {
@@ -85,10 +84,10 @@ def test_per_sample_randomness() -> None:
     for name, kwargs in SINGLE_OPS.items():
         if name == "erasing":
             continue  # identical fill value can coincide; checked below with its masks
-        out = augment_batch(x, dataclasses.replace(OFF, **kwargs), _gen(7))
+        out = augment_batch(x, OFF.model_copy(update=kwargs), _gen(7))
         distinct = {tuple(o.flatten()[:200].tolist()) for o in out}
         assert len(distinct) > 1, f"{name}: every sample got the same parameters"
-    out = augment_batch(x, dataclasses.replace(OFF, erasing_p=1.0), _gen(7))
+    out = augment_batch(x, OFF.model_copy(update=dict(erasing_p=1.0)), _gen(7))
     masks = [(o != x[0]) for o in out]
     assert any(not torch.equal(masks[0], m) for m in masks[1:])
 
@@ -104,7 +103,7 @@ def test_all_off_is_identity() -> None:
 @pytest.mark.parametrize("name", sorted(SINGLE_OPS))
 def test_each_op_switches_on_alone(name: str) -> None:
     x = _batch()
-    cfg = dataclasses.replace(OFF, **SINGLE_OPS[name])
+    cfg = OFF.model_copy(update=SINGLE_OPS[name])
     out = augment_batch(x, cfg, _gen(3))
     assert out.shape == x.shape and out.dtype == x.dtype
     assert not torch.equal(out, x), name
@@ -113,15 +112,15 @@ def test_each_op_switches_on_alone(name: str) -> None:
 
 def test_hflip_and_crop_exact() -> None:
     x = _batch()
-    out = augment_batch(x, dataclasses.replace(OFF, hflip=True), _gen(5))
+    out = augment_batch(x, OFF.model_copy(update=dict(hflip=True)), _gen(5))
     flipped = torch.flip(x, dims=(-1,))
     for o, xi, fi in zip(out, x, flipped):
         assert torch.equal(o, xi) or torch.equal(o, fi)
     # integer crop: every output row is a (shifted) row of the input, values preserved exactly
-    out = augment_batch(x, dataclasses.replace(OFF, crop_padding=3), _gen(5))
+    out = augment_batch(x, OFF.model_copy(update=dict(crop_padding=3)), _gen(5))
     assert set(out.unique().tolist()) <= set(x.unique().tolist())
     # the affine path (flip folded into the resampling) with a tiny rotation: ~ a flip or identity
-    out = augment_batch(x, dataclasses.replace(OFF, hflip=True, rotation_deg=1e-6), _gen(5))
+    out = augment_batch(x, OFF.model_copy(update=dict(hflip=True, rotation_deg=1e-6)), _gen(5))
     for o, xi, fi in zip(out, x, flipped):
         assert min((o - xi).abs().max(), (o - fi).abs().max()) < 1e-3
 
@@ -137,17 +136,17 @@ def test_affine_grid_matches_torch() -> None:
 
 def test_brightness_contrast_stay_in_range() -> None:
     x = _batch()
-    out = augment_batch(x, dataclasses.replace(OFF, brightness=0.9, contrast=0.9), _gen(2))
+    out = augment_batch(x, OFF.model_copy(update=dict(brightness=0.9, contrast=0.9)), _gen(2))
     pixels = out * STD + MEAN
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
 
 
 def test_erasing_area() -> None:
     x = _batch(64) + 10.0  # no pixel is 0 before erasing
-    out = augment_batch(x, dataclasses.replace(OFF, erasing_p=1.0), _gen(9))
+    out = augment_batch(x, OFF.model_copy(update=dict(erasing_p=1.0)), _gen(9))
     frac = (out == 0).float().mean(dim=(1, 2, 3))
     assert (frac >= 0.01).all() and (frac <= 0.25).all()
-    out = augment_batch(x, dataclasses.replace(OFF, erasing_p=0.5), _gen(9))
+    out = augment_batch(x, OFF.model_copy(update=dict(erasing_p=0.5)), _gen(9))
     erased = ((out == 0).flatten(1).any(dim=1)).float().mean()
     assert 0.2 < erased < 0.8
 
@@ -161,13 +160,24 @@ def test_bfloat16_and_odd_sizes() -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(UserError):
+    with pytest.raises(ValidationError, match="crop_padding"):
         AugmentConfig(crop_padding=-1)
-    with pytest.raises(UserError):
+    with pytest.raises(ValidationError, match="pad_mode"):
         AugmentConfig(pad_mode="wrap")
-    with pytest.raises(UserError, match="unknown"):
-        AugmentConfig.from_mapping({"hflip": True, "mixup": 0.2})
-    assert AugmentConfig.from_mapping({"rotation_deg": 5}).rotation_deg == 5
+    with pytest.raises(ValidationError, match="mixup"):
+        AugmentConfig.model_validate({"hflip": True, "mixup": 0.2})
+    assert AugmentConfig.model_validate({"rotation_deg": 5}).rotation_deg == 5
+
+
+def test_a_params_file_typo_in_augment_names_the_nested_keys(tmp_path) -> None:
+    from pipelines.config import load_section
+
+    params = tmp_path / "params.yaml"
+    params.write_text("classifier:\n  augment:\n    mixup: 0.2\n")
+    with pytest.raises(UserError) as err:
+        load_section("classifier", params)
+    assert "unknown key 'classifier.augment.mixup'" in str(err.value)
+    assert "allowed keys in 'classifier.augment': hflip, crop_padding" in str(err.value)
 
 
 def test_tta_views() -> None:

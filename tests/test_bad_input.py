@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.prepared_data import load_manifest
-from pipelines.sources.fer2013_csv import read_fer2013_csv
+from facedata.prepared import load_manifest
+from facedata.sources.fer2013_csv import read_fer2013_csv
 from tests.conftest import write_fer_csv, write_params
 
 
@@ -41,7 +41,7 @@ def test_fer2013_csv_with_a_utf8_bom_reads_like_one_without(tmp_path, gz):
 
 
 def test_a_bom_alone_is_still_an_empty_file(tmp_path):
-    from pipelines.errors import UserError
+    from runtime.errors import UserError
 
     path = tmp_path / "fer.csv"
     path.write_bytes(codecs.BOM_UTF8)
@@ -132,7 +132,7 @@ BROKEN_YAML = {  # text, 1-based (line, column) an editor shows for the break, w
 @pytest.mark.parametrize("case", BROKEN_YAML)
 def test_params_yaml_syntax_error_names_line_and_column(tmp_path, case):
     from pipelines.config import read_params
-    from pipelines.errors import UserError
+    from runtime.errors import UserError
 
     text, (line, column), problem = BROKEN_YAML[case]
     params = tmp_path / "params.yaml"

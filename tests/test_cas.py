@@ -1,4 +1,4 @@
-"""CAS before and after filtering (pipelines/cas.py): equal per-class counts, kept faces only after
+"""CAS before and after filtering (quality/cas.py): equal per-class counts, kept faces only after
 filtering, and a filter that removes wrong labels shows up as a CAS gain."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from classifiers.config import TrainConfig
-from pipelines.cas import cas_before_after, cas_counts, cas_sample
-from pipelines.prepared_data import LabelledImages
+from quality.cas import cas_before_after, cas_counts, cas_sample
+from facedata.prepared import LabelledImages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

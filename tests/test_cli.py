@@ -13,8 +13,8 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-import pipelines.cli_inference  # noqa: F401  (registers predict/explain/export-model)
-from pipelines import cli
+import pipelines.cli_tools  # noqa: F401  (registers predict/explain/export-model)
+from pipelines import cli_common as cli
 from pipelines.cli import app
 
 runner = CliRunner()
@@ -22,7 +22,7 @@ COMMANDS = sorted(typer.main.get_command(app).commands)
 
 
 def test_every_stage_and_tool_is_registered():
-    assert {"prepare", "evaluate", "predict", "explain", "export-model", "train-mix", "report"} <= set(COMMANDS)
+    assert {"prepare", "evaluate", "predict", "explain", "export-model", "train-real", "train-mix", "train-cas", "report"} <= set(COMMANDS)
 
 
 def test_version_prints_the_installed_package_version():
@@ -57,11 +57,11 @@ def test_fixed_choice_options_reject_other_values_listing_the_allowed_ones(tmp_p
 
 def test_choice_lists_match_the_modules_they_repeat():
     from classifiers.augment import TTA_MODES
-    from classifiers.labels import EXPRESSIONS
-    from pipelines.prepared_data import SPLITS
+    from runtime.labels import EXPRESSIONS
+    from facedata.prepared import SPLITS
 
     assert cli.SPLITS == SPLITS and cli.TTA_MODES == TTA_MODES
-    assert [t.value for t in pipelines.cli_inference.Target] == ["true", "predicted", *EXPRESSIONS]
+    assert [t.value for t in pipelines.cli_tools.Target] == ["true", "predicted", *EXPRESSIONS]
 
 
 def test_model_commands_share_the_model_dvc_repro_trains():
@@ -110,8 +110,8 @@ def test_predict_writes_json_only_with_dash_dash_json(tmp_path, tiny_model_file,
 
 
 def test_evaluate_passes_the_chosen_split_and_tta_on(tmp_path, tiny_model_file, one_thread):
-    from pipelines.prepared_data import LabelledImages, save_split
-    from pipelines.sources.demo_faces import draw_demo_faces
+    from facedata.prepared import LabelledImages, save_split
+    from facedata.sources.demo_faces import draw_demo_faces
 
     x, y = draw_demo_faces(3, seed=2)
     save_split(tmp_path / "prepared" / "val.safetensors", LabelledImages(x, y))

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipelines", "classifiers", "generators", "quality")
-CLI_MODULES = ("pipelines/cli.py", "pipelines/cli_inference.py")
+PACKAGES = ("pipelines", "classifiers", "generators", "quality", "runtime", "facedata", "figures", "tools", "ablation")
+CLI_MODULES = ("pipelines/cli.py", "pipelines/cli_common.py", "pipelines/cli_tools.py")
 
 
 def module_files(module: str) -> list[str]:
@@ -132,7 +132,7 @@ def test_stage_code_deps_are_its_import_closure(name):
 def test_closure_follows_lazy_imports_and_packages():
     """The analysis itself: a stage's lazy import inside its command is followed, with the package's __init__."""
     got = stage_closure("fersynth prepare")
-    assert {"pipelines/prepare.py", "pipelines/sources/__init__.py", "pipelines/sources/fer2013_csv.py",
+    assert {"pipelines/prepare.py", "facedata/sources/__init__.py", "facedata/sources/fer2013_csv.py",
             "pipelines/__init__.py", "pipelines/cli.py"} <= got
     assert "pipelines/report.py" not in got  # another command's lazy import is not this stage's
 

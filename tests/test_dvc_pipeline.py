@@ -46,7 +46,8 @@ def test_repro_is_incremental(tmp_path):
         if (REPO / rel).is_file():
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, tmp_path / rel)
-    for rel in ("dvc.yaml", "params.yaml", "pipelines", "classifiers", "generators", "quality"):  # the working tree under test
+    for rel in ("dvc.yaml", "params.yaml", "pipelines", "classifiers", "generators", "quality", "runtime", "facedata",
+                "figures", "tools", "ablation"):  # the working tree under test
         src, dst = REPO / rel, tmp_path / rel
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -88,7 +89,7 @@ def test_repro_is_incremental(tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
     assert {"train_real@real-0", "train_real@no_augment-1", "train_mix@0.5-1", "train_cas@0", "report"} <= ran, ran
-    assert not ran & {"prepare", "train_judge", "train_gan", "generate", "filter"}, ran
+    assert not ran & {"prepare", "train_judge", "train_generator", "generate", "filter"}, ran
 
     # --temp runs in a copy under .dvc/tmp/exps, like every queued experiment: what it does not hand
     # to DVC's cache or to git is lost with the copy (the FER2013 study lost its metrics that way)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from classifiers.architectures import ARCHITECTURES, build_model
 from classifiers.saved_model import save_classifier
-from pipelines.explain import default_layer, gradcam, gradcam_grid, sample_per_class
-from pipelines.prepared_data import save_split
+from tools.explain import default_layer, gradcam, gradcam_grid, sample_per_class
+from facedata.prepared import save_split
 from tests.conftest import train_tiny_classifier
 
 
@@ -87,7 +87,7 @@ def test_gradcam_grid_png_bytes_and_file(trained, tmp_path, one_thread):
 
 
 def test_cli_explain_on_prepared_faces(trained, tmp_path, one_thread):
-    import pipelines.cli_inference  # noqa: F401  (registers the commands)
+    import pipelines.cli_tools  # noqa: F401  (registers the commands)
     from pipelines.cli import app
 
     model, cfg, val = trained

@@ -51,7 +51,7 @@ def chain(tmp_path, monkeypatch) -> Path:
     torch.manual_seed(0)
     cfg = TrainConfig(arch="vgg_fer", width=0.125, dropout=0.0)
     Judge(model_from_config(cfg), cfg).save(tmp_path / "models" / "judge" / "model.safetensors")
-    ok("train-gan", "--no-judge")
+    ok("train-generator", "--no-judge")
     ok("generate")
     ok("filter")
     return tmp_path
@@ -75,7 +75,7 @@ def test_datasheet_records_the_real_generator_and_data(chain):
     assert sheet.startswith("# Datasheet") and f"{n} grayscale 48x48 faces" in sheet
     assert "## Memorization check" in sheet and "## Intended use" in sheet
     assert f"| fid | {quality['before']['fid']} | {quality['after']['fid']} |" in sheet
-    from pipelines.generate import load_synthetic
+    from facedata.synthetic import load_synthetic
 
     kept, _ = load_synthetic("data/filtered")
     rows = list(csv.DictReader(open("export/synthetic_fer2013.csv")))
@@ -92,7 +92,7 @@ def test_export_refuses_a_generator_that_did_not_draw_the_set(chain):
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["generator"]["gan"]["steps"] = 3
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    ok("train-gan", "--no-judge")
+    ok("train-generator", "--no-judge")
     result = invoke("export", "--out", "export")
     assert result.exit_code == 2, result.output
     assert "generator.safetensors" in result.output and "did not draw" in result.output

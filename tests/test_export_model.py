@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from classifiers.saved_model import save_classifier
-from pipelines.export_model import PARITY_ATOL, export_onnx, onnx_outputs, onnx_pixels, parity, quantize_int8, session
-from pipelines.prepared_data import LabelledImages, save_split
-from pipelines.sources.demo_faces import draw_demo_faces
+from tools.export_model import PARITY_ATOL, export_onnx, onnx_outputs, onnx_pixels, parity, quantize_int8, session
+from facedata.prepared import LabelledImages, save_split
+from facedata.sources.demo_faces import draw_demo_faces
 from tests.conftest import train_tiny_classifier
 
 
@@ -68,7 +68,7 @@ def test_int8_models_run_and_keep_the_predictions(trained, onnx_files, variant, 
 
 
 def test_cli_export_model_writes_models_and_metrics(trained, tmp_path, one_thread):
-    import pipelines.cli_inference  # noqa: F401  (registers the commands)
+    import pipelines.cli_tools  # noqa: F401  (registers the commands)
     from pipelines.cli import app
 
     model, cfg, val = trained
@@ -93,7 +93,7 @@ def test_cli_export_model_writes_models_and_metrics(trained, tmp_path, one_threa
 
 
 def test_cli_export_model_needs_data_to_quantise(trained, tmp_path):
-    import pipelines.cli_inference  # noqa: F401
+    import pipelines.cli_tools  # noqa: F401
     from pipelines.cli import app
 
     model, cfg, _ = trained

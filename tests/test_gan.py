@@ -1,5 +1,5 @@
 """The conditional GAN: networks, DiffAugment, KID, the training loop (resume, NaN guard, budget),
-exact regeneration, the train_gan stage, and a 2-process torchrun step.
+exact regeneration, the train_generator stage, and a 2-process torchrun step.
 
 Tiny networks on ~200 demo faces and a randomly initialised judge keep each test to seconds."""
 
@@ -26,11 +26,12 @@ from generators.config import GanConfig, GeneratorConfig
 from generators.diffaugment import cutout, diff_augment, translation
 from generators.gan_networks import Generator, PlainDiscriminator, ProjectedDiscriminator
 from generators.gan_training import GanDivergedError, mode_seeking_loss, train_gan
-from generators.quality import kid
-from generators.sampling import load_generator, load_sampler, noise_for_seeds, sample, save_generator
-from pipelines.errors import UserError
-from pipelines.prepared_data import LabelledImages, save_split
-from pipelines.sources.demo_faces import draw_demo_faces
+from quality.probe import kid
+from generators.registry import load_sampler
+from generators.gan_sampling import load_generator, noise_for_seeds, sample, save_generator
+from runtime.errors import UserError
+from facedata.prepared import LabelledImages, save_split
+from facedata.sources.demo_faces import draw_demo_faces
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(z_dim=16, g_channels=[16, 16, 8, 8], judge_guidance=0.0, d_channels=[8, 8, 16, 16], d_head_channels=8, batch_size=8,
@@ -77,7 +78,7 @@ def test_config_rejects_unknown_and_bad_keys():
 
 
 def test_generator_config_validates_diffusion_section_lazily():
-    pytest.importorskip("generators.diffusion")
+    pytest.importorskip("diffusers")
     cfg = GeneratorConfig(kind="diffusion", diffusion={"steps": 3})
     assert cfg.diffusion.steps == 3
     with pytest.raises(ValidationError, match="no_such_key"):
@@ -270,7 +271,7 @@ def _curves(live_dir: Path) -> dict[str, list[tuple[int, str]]]:
 def test_resumed_run_keeps_its_dvclive_curves_once_per_step(demo, judge, tmp_path):
     """Killed after logging step 5 (checkpoint at 4): the resumed run keeps steps 1-4 of the curves, drops
     the orphaned step 5 and logs 5 and 6 again, so the curves equal an uninterrupted run's."""
-    from pipelines.live import dvclive_logger
+    from runtime.live import dvclive_logger
 
     cfg = tiny(steps=6, checkpoint_every=2, quality_every=3, sample_every=1000)
     live, log = dvclive_logger(tmp_path / "live_a")
@@ -369,7 +370,7 @@ def test_load_sampler_errors_are_user_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# the train_gan stage
+# the train_generator stage
 
 
 def _prepared(tmp_path: Path, demo) -> Path:
@@ -378,8 +379,8 @@ def _prepared(tmp_path: Path, demo) -> Path:
     return data_dir
 
 
-def test_run_train_gan_writes_generator_samples_and_metrics(demo, judge, tmp_path):
-    from pipelines.train_gan import run_train_gan
+def test_run_train_generator_writes_generator_samples_and_metrics(demo, judge, tmp_path):
+    from pipelines.train_generator import run_train_generator
 
     data_dir = _prepared(tmp_path, demo)
     judge_path = tmp_path / "judge.safetensors"
@@ -387,7 +388,7 @@ def test_run_train_gan_writes_generator_samples_and_metrics(demo, judge, tmp_pat
     out = tmp_path / "models" / "generator"
     metrics_path = tmp_path / "metrics" / "generator.json"
     cfg = GeneratorConfig(kind="gan", gan=TINY)
-    metrics = run_train_gan(cfg, data_dir, judge_path, out, tmp_path / "live", metrics_path, progress=False)
+    metrics = run_train_generator(cfg, data_dir, judge_path, out, tmp_path / "live", metrics_path, progress=False)
     assert (out / "generator.safetensors").is_file() and (out / "checkpoints" / "last.safetensors").is_file()
     pngs = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert pngs == ["final.png", "step_000002.png", "step_000004.png"]
@@ -402,9 +403,9 @@ def test_run_train_gan_writes_generator_samples_and_metrics(demo, judge, tmp_pat
     assert (tmp_path / "live" / "metrics.json").is_file()
 
 
-def test_run_train_gan_with_the_diffusion_kind(demo, judge, tmp_path):
-    pytest.importorskip("generators.diffusion")
-    from pipelines.train_gan import run_train_gan
+def test_run_train_generator_with_the_diffusion_kind(demo, judge, tmp_path):
+    pytest.importorskip("diffusers")
+    from pipelines.train_generator import run_train_generator
 
     diffusion = dict(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
                      batch_size=8, steps=4, log_every=2, checkpoint_every=2, num_inference_steps=2,
@@ -413,26 +414,26 @@ def test_run_train_gan_with_the_diffusion_kind(demo, judge, tmp_path):
     judge_path = tmp_path / "judge.safetensors"
     judge.save(judge_path)
     out = tmp_path / "generator"
-    metrics = run_train_gan(GeneratorConfig(kind="diffusion", diffusion=diffusion), _prepared(tmp_path, demo),
+    metrics = run_train_generator(GeneratorConfig(kind="diffusion", diffusion=diffusion), _prepared(tmp_path, demo),
                             judge_path, out, None, tmp_path / "generator.json", progress=False)
     assert metrics["kind"] == "diffusion" and metrics["steps"] == 4 and "kid" in metrics
     assert load_sampler(out / "generator.safetensors").kind == "diffusion"
     assert (out / "samples" / "final.png").is_file()
 
 
-def test_run_train_gan_user_errors(demo, tmp_path, monkeypatch):
-    from pipelines.train_gan import run_train_gan
+def test_run_train_generator_user_errors(demo, tmp_path, monkeypatch):
+    from pipelines.train_generator import run_train_generator
 
     data_dir = _prepared(tmp_path, demo)
     with pytest.raises(UserError, match="judge not found"):
-        run_train_gan(GeneratorConfig(gan=TINY), data_dir, tmp_path / "missing.safetensors", tmp_path / "g", None,
+        run_train_generator(GeneratorConfig(gan=TINY), data_dir, tmp_path / "missing.safetensors", tmp_path / "g", None,
                       tmp_path / "m.json", progress=False)
     with pytest.raises(UserError, match="need the judge"):
-        run_train_gan(GeneratorConfig(gan=TINY), data_dir, None, tmp_path / "g", None, tmp_path / "m.json",
+        run_train_generator(GeneratorConfig(gan=TINY), data_dir, None, tmp_path / "g", None, tmp_path / "m.json",
                       progress=False)
     monkeypatch.setattr(gan_training, "to_generator_range", lambda x: x.float() * float("nan"))
     with pytest.raises(UserError, match="diverged"):
-        run_train_gan(GeneratorConfig(gan={**TINY, "d_kind": "plain"}), data_dir, None, tmp_path / "g", None,
+        run_train_generator(GeneratorConfig(gan={**TINY, "d_kind": "plain"}), data_dir, None, tmp_path / "g", None,
                       tmp_path / "m.json", progress=False)
     assert not (tmp_path / "m.json").exists()
 
@@ -448,7 +449,7 @@ def test_torchrun_two_process_gan_steps_on_cpu(tmp_path):
         import torch, torch.distributed as dist
         from generators.config import GanConfig
         from generators.gan_training import train_gan
-        from pipelines.sources.demo_faces import draw_demo_faces
+        from facedata.sources.demo_faces import draw_demo_faces
         images, labels = draw_demo_faces(8, seed=1)
         cfg = GanConfig(**{dict(TINY, d_kind="plain", steps=3, batch_size=8, checkpoint_every=3)!r})
         result = train_gan(images, labels, cfg, checkpoint_dir=__import__("pathlib").Path({str(tmp_path)!r}),

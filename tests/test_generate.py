@@ -12,13 +12,15 @@ import torch
 from pydantic import ValidationError
 
 import pipelines.generate as generate
-from classifiers.labels import EXPRESSIONS
+from runtime.labels import EXPRESSIONS
 from generators.config import GanConfig, GenerateConfig
 from generators.gan_training import train_gan
-from generators.sampling import load_sampler, save_generator
-from pipelines.errors import UserError
-from pipelines.generate import class_counts, load_synthetic, run_generate
-from pipelines.sources.demo_faces import draw_demo_faces
+from generators.registry import load_sampler
+from generators.gan_sampling import save_generator
+from runtime.errors import UserError
+from pipelines.generate import class_counts, run_generate
+from facedata.synthetic import load_synthetic
+from facedata.sources.demo_faces import draw_demo_faces
 
 TINY = dict(z_dim=16, g_channels=[16, 16, 8, 8], judge_guidance=0.0, d_kind="plain", d_channels=[8, 8, 16, 16], batch_size=8, steps=3,
             sample_every=1000, quality_every=1000, threads=1, device="cpu")
@@ -120,12 +122,16 @@ def test_output_is_atomic_and_errors_are_user_errors(gan_path, tmp_path, monkeyp
 
 
 def test_generate_with_a_diffusion_generator(tmp_path):
-    diffusion = pytest.importorskip("generators.diffusion")
-    cfg = diffusion.DiffusionConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
-                                    attention_head_dim=8, num_inference_steps=2, sample_unet_batch=8, device="cpu")
+    pytest.importorskip("diffusers")
+    from generators.config import DiffusionConfig
+    from generators.diffusion_model import build_unet
+    from generators.diffusion_sampling import save_diffusion_sampler
+
+    cfg = DiffusionConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
+                          attention_head_dim=8, num_inference_steps=2, sample_unet_batch=8, device="cpu")
     torch.manual_seed(0)
     path = tmp_path / "generator.safetensors"
-    diffusion.save_diffusion_sampler(path, diffusion.build_unet(cfg).eval(), cfg)
+    save_diffusion_sampler(path, build_unet(cfg).eval(), cfg)
     out = tmp_path / "synthetic"
     manifest = run_generate(GenerateConfig(policy="counts", counts=[1, 0, 0, 2, 0, 0, 1], guidance_scale=1.5),
                             path, REAL, out, progress=False)

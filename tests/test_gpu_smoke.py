@@ -48,7 +48,7 @@ def test_gpu_smoke_script_runs_at_tiny_scale_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     stages = result["measured"]["stage_seconds"]
-    assert set(stages) == {"prepare", "train_judge", "train_gan", "generate", "filter", "train_real", "train_mix",
+    assert set(stages) == {"prepare", "train_judge", "train_generator", "generate", "filter", "train_real", "train_mix",
                            "train_cas", "report"}
     assert all(v > 0 for v in stages.values())
     assert result["measured"]["classifier"]["runs"] == 3 and result["measured"]["classifier"]["steps_per_s"] > 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.merge import merge, synthetic_counts
-from pipelines.prepared_data import LabelledImages
+from facedata.merge import merge, synthetic_counts
+from facedata.prepared import LabelledImages
 
 REAL = [40, 5, 30, 50, 30, 20, 35]
 
@@ -75,7 +75,7 @@ def test_ratio_zero_is_real_and_missing_synthetic_is_an_error():
 
 def test_no_augment_arm_switches_off_training_ops_but_keeps_preprocessing():
     from classifiers.config import TrainConfig
-    from pipelines.train_mix import no_augment, parse_arm
+    from ablation.arms import no_augment, parse_arm
 
     off = no_augment(TrainConfig(augment={"equalize": True, "pad_mode": "zeros"})).augment
     assert not off.any_enabled and off.equalize and off.pad_mode == "zeros"

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from classifiers.architectures import build_model
 from classifiers.config import TrainConfig
 from classifiers.saved_model import save_classifier
-from pipelines.predict import FaceDetector, crop_box, crop_faces, predict_faces, to_gray
-from pipelines.planted_faces import compose_scenes, iou, match_planted
-from pipelines.sources.demo_faces import draw_demo_faces
+from tools.predict import FaceDetector, crop_box, crop_faces, predict_faces, to_gray
+from tools.planted_faces import compose_scenes, iou, match_planted
+from facedata.sources.demo_faces import draw_demo_faces
 
 
 
@@ -99,7 +99,7 @@ def tiny_model_file(tmp_path_factory):
 
 
 def invoke(args: list[str]):
-    import pipelines.cli_inference  # noqa: F401  (registers the commands)
+    import pipelines.cli_tools  # noqa: F401  (registers the commands)
     from pipelines.cli import app
 
     return CliRunner().invoke(app, args)

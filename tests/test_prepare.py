@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.prepare import resolve_data_path
-from pipelines.prepared_data import load_manifest, load_prepared
+from facedata.prepared import load_manifest, load_prepared
 from tests.conftest import FER2013, needs_fer2013, write_fer_csv, write_params
 
 runner = CliRunner()

@@ -47,7 +47,7 @@ TINY_OVERRIDES = [
 
 def fer2013_csv_from_demo_faces(path: Path) -> Path:
     """A FER2013-layout CSV (emotion,pixels,Usage), gzipped, of procedural faces: 24/6/6 per class."""
-    from pipelines.sources.demo_faces import draw_demo_faces
+    from facedata.sources.demo_faces import draw_demo_faces
 
     lines = ["emotion,pixels,Usage"]
     for usage, n, seed in (("Training", 24, 1), ("PublicTest", 6, 2), ("PrivateTest", 6, 3)):

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from classifiers import training
-from classifiers.training import process_group_backend
+from runtime.device import process_group_backend
 
 
 def test_backend_follows_the_device():

@@ -35,7 +35,7 @@ def test_fid_matches_the_scipy_sqrtm_formula(n, m, d):
 def test_kid_matches_torchmetrics_on_the_same_features():
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from generators.quality import kid
+    from quality.probe import kid
 
     real, fake = gaussian_sets(n=300)
 
@@ -123,7 +123,7 @@ def test_per_image_scores():
 
 
 def test_pixel_copy_distance_sees_through_shift_light_and_noise_but_not_other_faces():
-    from pipelines.sources.demo_faces import draw_demo_faces
+    from facedata.sources.demo_faces import draw_demo_faces
 
     faces = draw_demo_faces([4] * 7, seed=3)[0]
     a, other = faces[:10], faces[10:20]
@@ -169,7 +169,7 @@ def test_near_duplicates_match_a_brute_force_greedy_even_in_crowded_clusters():
 
 
 def test_exact_copies_are_found_in_pixels_among_the_shortlist():
-    from pipelines.sources.demo_faces import draw_demo_faces
+    from facedata.sources.demo_faces import draw_demo_faces
 
     faces = draw_demo_faces([3] * 7, seed=2)[0]
     reference, query = faces[:15], torch.cat([faces[3:5], faces[15:18]])

@@ -15,10 +15,10 @@ from classifiers.config import TrainConfig
 from classifiers.judge import Judge
 from classifiers.saved_model import save_classifier
 from classifiers.training import model_from_config, predict_proba, train_classifier
-from generators.quality import gan_test, kid
+from quality.probe import gan_test, kid
 from pipelines.cli import app
-from pipelines.prepared_data import LabelledImages, save_split
-from pipelines.sources.demo_faces import draw_demo_faces
+from facedata.prepared import LabelledImages, save_split
+from facedata.sources.demo_faces import draw_demo_faces
 from quality.set_metrics import density_coverage, fid, precision_recall
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,8 +56,8 @@ def quality(*extra: str) -> dict:
 
 def test_quality_cli_numbers_are_the_metrics_of_the_judge_features(world):
     m = quality("--synthetic", "synthetic", "--classifier", "clf.safetensors")
-    from pipelines.generate import load_synthetic
-    from pipelines.prepared_data import load_split
+    from facedata.synthetic import load_synthetic
+    from facedata.prepared import load_split
 
     real = load_split(world / "prepared" / "train.safetensors")
     fake, _ = load_synthetic(world / "synthetic")
@@ -93,7 +93,7 @@ def test_quality_of_real_train_against_itself_reads_as_the_same_distribution(wor
 
 
 def load_train(world: Path) -> LabelledImages:
-    from pipelines.prepared_data import load_split
+    from facedata.prepared import load_split
 
     return load_split(world / "prepared" / "train.safetensors")
 

@@ -8,7 +8,7 @@ import torch
 from classifiers.config import TrainConfig
 from classifiers.metrics import evaluate_predictions
 from classifiers.training import predict_proba, train_classifier
-from pipelines.sources.fer2013_csv import read_fer2013_csv
+from facedata.sources.fer2013_csv import read_fer2013_csv
 from tests.conftest import FER2013, needs_fer2013
 
 

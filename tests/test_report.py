@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifiers.checkpoint import save_checkpoint
+from runtime.checkpoint import save_checkpoint
 from classifiers.metrics import paired_bootstrap_over_seeds
-from pipelines.config import AblationConfig
-from pipelines.report import best_arm_on_val, mean_ci, run_report
+from ablation.config import AblationConfig
+from pipelines.report import run_report
+from ablation.statistics import best_arm_on_val, mean_ci
 
 N = 300
 
@@ -85,7 +86,7 @@ def test_best_ratio_is_chosen_on_val_not_test(tmp_path, monkeypatch):
 
 
 def test_no_runs_is_one_clear_error(tmp_path):
-    from pipelines.errors import UserError
+    from runtime.errors import UserError
 
     with pytest.raises(UserError, match="no ablation runs"):
         run_report(AblationConfig(), metrics_dir=tmp_path / "empty")

@@ -17,7 +17,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 def test_report_renders_with_all_images_loaded(tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from pipelines.config import AblationConfig
+    from ablation.config import AblationConfig
     from pipelines.report import run_report
 
     monkeypatch.chdir(tmp_path)

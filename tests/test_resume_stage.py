@@ -1,4 +1,4 @@
-"""Stage-level resume: `fersynth train-gan` and `fersynth train-mix` killed with SIGKILL once a checkpoint
+"""Stage-level resume: `fersynth train-generator` and `fersynth train-real` killed with SIGKILL once a checkpoint
 exists, then run again, end with the weights (to the bit) and the dvclive curves (one row per step) of
 an uninterrupted run; a rerun on other prepared data of the same size starts afresh. The diffusion
 loop's curves are checked in-process (a kill after a row reached disk, before its checkpoint).
@@ -110,7 +110,7 @@ def assert_same_curves(reference: Path, resumed: Path, timing: set[str]) -> None
 
 def mirror_train_faces(data_dir: Path) -> None:
     """Other data of the same size, labels and pixel sums: every train face mirrored."""
-    from pipelines.prepared_data import LabelledImages, load_split, save_split
+    from facedata.prepared import LabelledImages, load_split, save_split
 
     train = load_split(data_dir / "train.safetensors")
     save_split(data_dir / "train.safetensors", LabelledImages(train.images.flip(-1).contiguous(), train.labels))
@@ -122,15 +122,15 @@ def test_train_gan_killed_and_rerun_matches_an_uninterrupted_run(project):
     ref, work = project / "ref", project / "work"
     ref.mkdir(), work.mkdir()
     os.chdir(ref)  # dvclive/generator is relative to the working directory
-    in_process("train-gan", *common)
+    in_process("train-generator", *common)
     os.chdir(project)
 
     checkpoint = work / "models" / "generator" / "checkpoints" / "last.safetensors"
-    kill_once_checkpointed([FERSYNTH, "train-gan", *common], work, checkpoint)
-    from classifiers.checkpoint import load_checkpoint
+    kill_once_checkpointed([FERSYNTH, "train-generator", *common], work, checkpoint)
+    from runtime.checkpoint import load_checkpoint
 
     assert load_checkpoint(checkpoint)[1]["step"] < 40, "killed before the end"
-    assert "resuming GAN training" in run([FERSYNTH, "train-gan", *common], work)
+    assert "resuming GAN training" in run([FERSYNTH, "train-generator", *common], work)
     final = work / "models" / "generator" / "generator.safetensors"
     assert_same_tensors(ref / "models" / "generator" / "generator.safetensors", final)
     assert_same_curves(ref / "dvclive" / "generator", work / "dvclive" / "generator", timing={"steps_per_s"})
@@ -138,21 +138,21 @@ def test_train_gan_killed_and_rerun_matches_an_uninterrupted_run(project):
     mirror_train_faces(project / "data" / "prepared")
     before = load_file(str(final))
     os.chdir(work)
-    assert "starting afresh" in in_process("train-gan", *common)
+    assert "starting afresh" in in_process("train-generator", *common)
     assert any(not torch.equal(before[k], v) for k, v in load_file(str(final)).items()), "retrained on the new data"
     assert [s for s, _ in curves(work / "dvclive" / "generator")["loss_d"]] == list(range(1, 41))
 
 
 @pytest.mark.slow
-def test_train_mix_killed_and_rerun_matches_an_uninterrupted_run(project):
-    in_process("train-mix", "--arm", "real", "--out", "ref", "--metrics", "ref.json")
+def test_train_real_killed_and_rerun_matches_an_uninterrupted_run(project):
+    in_process("train-real", "--arm", "real", "--out", "ref", "--metrics", "ref.json")
     checkpoint = project / "work" / "checkpoints" / "last.safetensors"
-    cmd = [FERSYNTH, "train-mix", "--arm", "real", "--out", "work", "--metrics", "work.json"]
+    cmd = [FERSYNTH, "train-real", "--arm", "real", "--out", "work", "--metrics", "work.json"]
     kill_once_checkpointed(cmd, project, checkpoint)
-    from classifiers.checkpoint import load_checkpoint
+    from runtime.checkpoint import load_checkpoint
 
     assert load_checkpoint(checkpoint)[1]["epoch"] + 1 < 8, "killed before the end"
-    assert "resuming from" in run(cmd, project)
+    assert "resuming classifier training from" in run(cmd, project)
     for name in ("model.safetensors", "predictions.safetensors"):
         assert_same_tensors(project / "ref" / name, project / "work" / name)
     assert_same_curves(project / "ref" / "dvclive", project / "work" / "dvclive",
@@ -160,15 +160,15 @@ def test_train_mix_killed_and_rerun_matches_an_uninterrupted_run(project):
 
     mirror_train_faces(project / "data" / "prepared")
     before = load_file(str(project / "work" / "model.safetensors"))
-    assert "starting afresh" in in_process("train-mix", "--arm", "real", "--out", "work", "--metrics", "work.json")
+    assert "starting afresh" in in_process("train-real", "--arm", "real", "--out", "work", "--metrics", "work.json")
     after = load_file(str(project / "work" / "model.safetensors"))
     assert any(not torch.equal(before[k], v) for k, v in after.items()), "retrained on the new data"
 
 
 def test_diffusion_resume_keeps_its_dvclive_curves(tmp_path):
-    from generators.diffusion import DiffusionConfig, train_diffusion
-    from pipelines.live import dvclive_logger
-    from pipelines.sources.demo_faces import draw_demo_faces
+    from generators.diffusion_training import DiffusionConfig, train_diffusion
+    from runtime.live import dvclive_logger
+    from facedata.sources.demo_faces import draw_demo_faces
 
     demo = draw_demo_faces(10, seed=3)
     cfg = DiffusionConfig(patch_size=2, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,

@@ -14,7 +14,7 @@ from classifiers.config import TrainConfig
 from classifiers.judge import Judge
 from classifiers.training import train_classifier
 from pipelines.cli import app
-from pipelines.sources.demo_faces import draw_demo_faces
+from facedata.sources.demo_faces import draw_demo_faces
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(arch="compact_cnn", width=0.25, epochs=3, batch_size=32, lr=0.05, tta="none", threads=2)
@@ -68,7 +68,7 @@ def _curves(live_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_resumed_run_keeps_its_dvclive_curves_once_per_epoch(tmp_path, demo):
     """A run killed after logging epoch 2 but before its checkpoint resumes from epoch 1: the curves keep
     epoch 1, drop the orphaned epoch-2 row and end with one row per epoch, equal to an uninterrupted run's."""
-    from pipelines.live import dvclive_logger
+    from runtime.live import dvclive_logger
 
     cfg = TrainConfig(**TINY)
     live, log = dvclive_logger(tmp_path / "live_a")
@@ -206,7 +206,7 @@ import torch, torch.distributed as dist
 from safetensors.torch import save_file
 import classifiers.training as training
 from classifiers.config import TrainConfig
-from pipelines.sources.demo_faces import draw_demo_faces
+from facedata.sources.demo_faces import draw_demo_faces
 
 def without_batchnorm(model):  # BatchNorm normalises per rank: without it 1 and 2 processes compute the same
     for module in list(model.modules()):
@@ -281,7 +281,7 @@ def test_torchrun_two_processes_match_one(two_process_runs, tmp_path):
                             load_weights(two_process_runs / job / "rank1.safetensors"), f"{job}: rank 0 vs rank 1")
     one = run_ddp_jobs(tmp_path, [{"name": "plain", "cfg": DDP_PLAIN, "no_bn": True}], 1)
     assert one.returncode == 0, one.stderr[-3000:]
-    from classifiers.checkpoint import load_checkpoint, unprefixed
+    from runtime.checkpoint import load_checkpoint, unprefixed
 
     last = {n: load_checkpoint(d / "plain" / "last.safetensors") for n, d in (("one", tmp_path), ("two", two_process_runs))}
     assert last["one"][1]["step"] == last["two"][1]["step"] == 15  # 3 epochs of 180 // 32 global batches
@@ -299,14 +299,14 @@ def test_torchrun_resume_restores_every_ranks_augmentation(two_process_runs, tmp
     job = {"name": "real", "cfg": DDP_TINY}
     died = run_ddp_jobs(tmp_path, [{**job, "die_at": 2}], 2)
     assert died.returncode != 0 and not (tmp_path / "real" / "rank0.safetensors").exists()
-    from classifiers.checkpoint import load_checkpoint
+    from runtime.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(tmp_path / "real" / "last.safetensors")
     assert meta["epoch"] == 0 and {"rng.aug0", "rng.aug1"} <= tensors.keys()
     assert not torch.equal(tensors["rng.aug0"], tensors["rng.aug1"])
     resumed = run_ddp_jobs(tmp_path, [job], 2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert "resuming classifier training from" in resumed.stdout + resumed.stderr
     for rank in (0, 1):
         assert_same_weights(load_weights(two_process_runs / "real" / f"rank{rank}.safetensors"),
                             load_weights(tmp_path / "real" / f"rank{rank}.safetensors"), f"rank {rank}")

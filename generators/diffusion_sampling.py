@@ -1,0 +1,110 @@
+"""Sampling the diffusion generator, seeded per image, and its checkpoint file.
+
+Image i's initial noise (and any noise a scheduler step draws) comes from
+`torch.Generator().manual_seed(seeds[i])`, so (checkpoint, label, seed) regenerates an image whatever
+batch it was drawn in. `DiffusionSampler` has the same `kind`/`sample(labels, seeds, ...)` shape as
+the GAN's sampler, so `generate` and later stages work with either."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+from generators.config import DiffusionConfig
+from generators.diffusion_model import IMAGE_SIZE, NULL_CLASS, NUM_CLASSES, denoise, sampling_scheduler
+from generators.sampling import to_uint8
+from runtime import checkpoint as ckpt
+from runtime.errors import UserError
+
+
+class DiffusionSampler:
+    """Draws uint8 faces from a trained (EMA) UNet with classifier-free guidance."""
+
+    kind = "diffusion"
+
+    def __init__(self, unet: UNet2DModel, cfg: DiffusionConfig) -> None:
+        self.unet, self.cfg = unet.eval(), cfg
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, seeds: torch.Tensor, guidance_scale: float | None = None,
+               num_inference_steps: int | None = None, batch_size: int = 256) -> torch.Tensor:
+        """uint8 images N x 1 x 48 x 48 for `labels` (0..6), image i from `seeds[i]` alone."""
+        labels, seeds = torch.as_tensor(labels).long().reshape(-1), torch.as_tensor(seeds).long().reshape(-1)
+        if labels.shape != seeds.shape:
+            raise ValueError(f"labels ({labels.numel()}) and seeds ({seeds.numel()}) must have the same length")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}")
+        scale = self.cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {scale}")
+        steps = num_inference_steps or self.cfg.num_inference_steps
+        out = torch.zeros(labels.numel(), 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+        for i in range(0, labels.numel(), batch_size):
+            out[i : i + batch_size] = self._sample_batch(labels[i : i + batch_size], seeds[i : i + batch_size], scale, steps)
+        return out
+
+    def _sample_batch(self, labels: torch.Tensor, seeds: torch.Tensor, scale: float, steps: int) -> torch.Tensor:
+        device = self.device
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        x = torch.cat([torch.randn(1, 1, IMAGE_SIZE, IMAGE_SIZE, generator=g) for g in gens]).to(device)
+        sched = sampling_scheduler(self.cfg)
+        sched.set_timesteps(steps)
+        x = x * sched.init_noise_sigma
+        n = len(labels)
+        if scale == 1:  # conditional only
+            classes = labels
+        elif scale == 0:  # unconditional only
+            classes = torch.full_like(labels, NULL_CLASS)
+        else:  # one forward of 2N: conditional and null class
+            classes = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
+        classes = classes.to(device)
+        extra = {"eta": self.cfg.ddim_eta} if isinstance(sched, DDIMScheduler) else {}
+        for t in sched.timesteps:
+            xin = sched.scale_model_input(torch.cat([x, x]) if len(classes) > n else x, t)
+            pred = self._unet_rows(xin, t, classes)
+            if len(classes) > n:
+                cond, uncond = pred.chunk(2)
+                pred = uncond + scale * (cond - uncond)
+            x = sched.step(pred, t, x, generator=gens, **extra).prev_sample
+        return to_uint8(x).cpu()
+
+    def _unet_rows(self, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The UNet on fixed-shape chunks of `sample_unet_batch` rows (the last padded with zeros):
+        each row's result then does not depend on which other rows share its batch."""
+        m = self.cfg.sample_unet_batch
+        out = []
+        for i in range(0, len(x), m):
+            xc, cc = x[i : i + m], classes[i : i + m]
+            k = len(xc)
+            if k < m:
+                xc = torch.cat([xc, xc.new_zeros(m - k, *xc.shape[1:])])
+                cc = torch.cat([cc, cc.new_full((m - k,), NULL_CLASS)])
+            out.append(denoise(self.unet, xc, t, cc, self.cfg.patch_size)[:k].float())
+        return torch.cat(out)
+
+
+def save_diffusion_sampler(path: str | Path, ema_unet: UNet2DModel, cfg: DiffusionConfig) -> None:
+    """Weights of the (EMA) UNet + what is needed to rebuild and sample it, atomically."""
+    unet_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(ema_unet.config).items()
+                   if not k.startswith("_")}  # diffusers' private bookkeeping keys
+    meta = {"kind": "diffusion", "config": cfg.to_dict(), "unet_config": unet_config}
+    ckpt.save_checkpoint(path, dict(ema_unet.state_dict()), meta)
+
+
+def load_diffusion_sampler(path: str | Path, device: str | torch.device = "cpu") -> DiffusionSampler:
+    try:
+        tensors, meta = ckpt.load_checkpoint(path)
+    except ValueError as e:
+        raise UserError(f"{e}; expected a diffusion generator written by train-generator with generator.kind: diffusion") from None
+    if meta.get("kind") != "diffusion":
+        raise UserError(f"{path}: a generator of kind {meta.get('kind')!r}, not a diffusion generator")
+    cfg = DiffusionConfig(**meta["config"])
+    unet = UNet2DModel.from_config(meta["unet_config"])
+    unet.load_state_dict(tensors)
+    return DiffusionSampler(unet.to(device).eval(), cfg)

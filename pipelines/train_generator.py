@@ -1,0 +1,76 @@
+"""Stage `train_generator`: train the class-conditional generator of the configured kind (GAN or
+diffusion, see `generators/registry.py`) on the prepared train split, which is already the
+`data.real_fraction` subset the classifiers see.
+
+Writes `<out>/generator.safetensors` (EMA weights + kind, config, label names), keeps resumable
+state in `<out>/checkpoints/last.safetensors`, a sample grid PNG per reading in `<out>/samples/`
+(one row per expression, upscaled 2x), dvclive metrics, and `metrics/generator.json` (final
+GAN-test overall and per class, KID in the judge's feature space, steps, minutes, steps/s).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from classifiers.judge import load_judge
+from facedata.prepared import load_split
+from figures.grids import save_grid
+from generators.config import GeneratorConfig
+from generators.registry import KINDS
+from runtime import atomic
+from runtime.device import hardware, is_main_process
+from runtime.live import dvclive_logger
+
+
+def run_train_generator(gen_cfg: GeneratorConfig, data_dir: Path, judge_path: Path | None,
+                        out_dir: Path = Path("models/generator"), live_dir: Path | None = Path("dvclive/generator"),
+                        metrics_path: Path = Path("metrics/generator.json"), progress: bool = True) -> dict:
+    """Train (resuming from <out>/checkpoints), save the generator, return (and write) the metrics."""
+    console = Console(stderr=True)
+    train = load_split(Path(data_dir) / "train.safetensors")
+    judge = load_judge(judge_path)
+    kind = KINDS[gen_cfg.kind]
+    settings = kind.settings(gen_cfg)
+    kind.check(settings, judge)
+    out_dir = Path(out_dir)
+    samples_dir = out_dir / "samples"
+    live, log = dvclive_logger(live_dir)
+
+    def on_samples(images_uint8: torch.Tensor, step: int) -> None:
+        save_grid(images_uint8, samples_dir / f"step_{step:06d}.png")
+
+    t0 = time.perf_counter()
+    result = kind.train(train.images, train.labels, settings, judge=judge, checkpoint_dir=out_dir / "checkpoints", log=log,
+                        on_samples=on_samples, progress=progress)
+    wall = time.perf_counter() - t0
+    if not is_main_process():
+        return {}
+    grids = sorted(samples_dir.glob("step_*.png"))
+    if grids:  # the last grid under a fixed name, for README and `dvc plots`
+        atomic.write_bytes(samples_dir / "final.png", grids[-1].read_bytes())
+
+    quality = kind.final_quality(result, settings, judge, train) if judge is not None else {}
+    kind.save(out_dir / "generator.safetensors", result, settings, {"steps": result.steps, "quality": quality})
+    metrics = {
+        "kind": gen_cfg.kind,
+        **({"gan_test": quality["gan_test"], "kid": quality["kid"]} if quality else {}),
+        "steps": result.steps,
+        "train_minutes": round(result.seconds / 60, 2),
+        "wall_minutes": round(wall / 60, 2),
+        "steps_per_s": round(result.steps / max(1e-9, result.seconds), 3),
+        "stopped": result.stopped,
+        "n_train": len(train),
+        "config": gen_cfg.to_dict()[gen_cfg.kind],
+        "hardware": hardware(),
+    }
+    atomic.write_json(metrics_path, metrics)
+    if live is not None:
+        live.end()
+    if quality:
+        console.print(f"generator ({gen_cfg.kind}) after {result.steps} steps: GAN-test "
+                      f"{quality['gan_test']['overall']:.3f}, KID {quality['kid']:.4f}; {metrics['train_minutes']} min")
+    return metrics
