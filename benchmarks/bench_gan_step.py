@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
-from classifiers.training import model_from_config
+from classifiers.architectures import model_from_config
 from generators.config import GanConfig
 from generators.gan_networks import build_generator
 from generators.gan_training import train_gan

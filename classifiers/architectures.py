@@ -45,6 +45,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
+from classifiers.config import TrainConfig
 from runtime.errors import UserError
 
 ARCHITECTURES: tuple[str, ...] = ("compact_cnn", "vgg_fer", "resnet18", "mobilenet_v3_small")
@@ -385,3 +386,7 @@ def _feature_map_channels(model: ExpressionNet) -> tuple[int, ...]:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_from_config(cfg: TrainConfig) -> torch.nn.Module:
+    return build_model(cfg.arch, attention=cfg.attention, width=cfg.width, dropout=cfg.dropout, pretrained=cfg.pretrained)

@@ -16,7 +16,7 @@ def save_classifier(path: str | Path, model: torch.nn.Module, cfg: TrainConfig, 
 
 def load_classifier(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
     """Model in eval mode on CPU, its training config, and the rest of the saved metadata."""
-    from classifiers.training import model_from_config
+    from classifiers.architectures import model_from_config
 
     tensors, meta = ckpt.load_checkpoint(path)
     cfg = TrainConfig(**{**meta["config"], "pretrained": False})

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from classifiers.architectures import build_model
+from classifiers.architectures import model_from_config
 from classifiers.augment import augment_batch, preprocess, tta_views
 from classifiers.config import TrainConfig
 from classifiers.metrics import confusion_matrices, scores_from_confusion
@@ -45,10 +45,6 @@ class TrainResult:
 def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
     """bf16 autocast for the training steps."""
     return cfg.amp and bf16_is_fast(device)
-
-
-def model_from_config(cfg: TrainConfig) -> torch.nn.Module:
-    return build_model(cfg.arch, attention=cfg.attention, width=cfg.width, dropout=cfg.dropout, pretrained=cfg.pretrained)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
-from classifiers.training import model_from_config
+from classifiers.architectures import model_from_config
 from quality.config import FilterConfig
 from runtime.errors import UserError
 from pipelines.filter import run_filter

@@ -21,7 +21,7 @@ from safetensors import safe_open
 import generators.gan_training as gan_training
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
-from classifiers.training import model_from_config
+from classifiers.architectures import model_from_config
 from generators.config import GanConfig, GeneratorConfig
 from generators.diffaugment import cutout, diff_augment, translation
 from generators.gan_networks import Generator, PlainDiscriminator, ProjectedDiscriminator

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
 from classifiers.saved_model import save_classifier
-from classifiers.training import model_from_config, predict_proba, train_classifier
+from classifiers.training import predict_proba, train_classifier
+from classifiers.architectures import model_from_config
 from quality.probe import gan_test, kid
 from pipelines.cli import app
 from facedata.prepared import LabelledImages, save_split

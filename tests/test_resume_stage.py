@@ -43,7 +43,7 @@ def project(tmp_path, monkeypatch) -> Path:
     """A folder with tiny params, prepared demo faces and a (randomly initialised) judge."""
     from classifiers.config import TrainConfig
     from classifiers.judge import Judge
-    from classifiers.training import model_from_config
+    from classifiers.architectures import model_from_config
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     monkeypatch.chdir(tmp_path)
