@@ -122,7 +122,9 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     s["duplicate"], s["nn_synthetic_dist"] = scores.near_duplicates(fake_feats, feature_threshold)
 
     kept, reason = decide(cfg, s)
-    kept, warnings = refill(cfg, fake.labels, kept, reason, s["label_prob"], console)
+    kept, reason, warnings = refill(cfg, fake.labels, kept, reason, s["label_prob"])
+    for msg in warnings.values():
+        console.print(f"[yellow]warning:[/] {msg}")
     kept_set = fake.subset(torch.nonzero(kept).flatten())
     lap("duplicates_and_decisions")
 

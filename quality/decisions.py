@@ -4,7 +4,6 @@ filter each rejected face fails, and the per-class refill."""
 from __future__ import annotations
 
 import torch
-from rich.console import Console
 
 from quality.config import FilterConfig
 from runtime.labels import EXPRESSIONS
@@ -32,11 +31,12 @@ def decide(cfg: FilterConfig, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 
 
 def refill(cfg: FilterConfig, labels: torch.Tensor, kept: torch.Tensor, reason: list[str],
-           label_prob: torch.Tensor, console: Console) -> tuple[torch.Tensor, dict]:
-    """Per class: warn when fewer than min_keep_fraction survive; optionally re-admit the best
-    label_fidelity / realism rejects (never degenerate images, copies or duplicates)."""
+           label_prob: torch.Tensor) -> tuple[torch.Tensor, list[str], dict[str, str]]:
+    """Per class, when fewer than min_keep_fraction survive: a warning, and (with cfg.refill) the best
+    label_fidelity / realism rejects re-admitted, never degenerate images, copies or duplicates.
+    Returns new (kept, reason, {expression: warning}); the inputs are left as they were."""
     warnings = {}
-    kept = kept.clone()
+    kept, reason = kept.clone(), list(reason)
     soft = torch.tensor([r in ("label_fidelity", "realism") for r in reason], dtype=torch.bool)
     for c, name in enumerate(EXPRESSIONS):
         members = labels == c
@@ -55,6 +55,5 @@ def refill(cfg: FilterConfig, labels: torch.Tensor, kept: torch.Tensor, reason: 
                 kept[i] = True
                 reason[i] = f"refilled ({reason[i]})"
             msg += f"; re-admitted {len(readmit)} by label fidelity"
-        console.print(f"[yellow]warning:[/] {msg}")
         warnings[name] = msg
-    return kept, warnings
+    return kept, reason, warnings

@@ -176,3 +176,36 @@ def test_exact_copies_are_found_in_pixels_among_the_shortlist():
     shortlist = torch.tensor([[0, 3], [4, 1], [0, 1], [2, 5], [6, 7]])
     assert scores.exact_copies(query, reference, shortlist).tolist() == [True, True, False, False, False]
     assert scores.exact_copies(query[:0], reference, shortlist[:0]).shape == (0,)
+
+
+def test_filter_decisions_charge_the_first_failed_filter_and_respect_switches():
+    from quality.config import FilterConfig
+    from quality.decisions import decide
+
+    s = {"degenerate": torch.tensor([True, False, False, False, False]),
+         "memorized": torch.tensor([True, True, False, False, False]),
+         "duplicate": torch.tensor([False, False, True, False, False]),
+         "label_prob": torch.tensor([0.9, 0.9, 0.9, 0.2, 0.9]),
+         "realism": torch.tensor([2.0, 2.0, 2.0, 2.0, 0.1])}
+    kept, reason = decide(FilterConfig(label_tau=0.5, realism_tau=0.7), s)
+    assert reason == ["degenerate", "memorization", "duplicate", "label_fidelity", "realism"]
+    assert not kept.any()
+    kept, reason = decide(FilterConfig(degenerate=False, label_fidelity=False, realism=False), s)
+    assert reason == ["memorization", "memorization", "duplicate", "", ""] and kept.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_refill_readmits_only_soft_rejects_best_first_and_leaves_its_inputs_alone():
+    from quality.config import FilterConfig
+    from quality.decisions import refill
+
+    labels = torch.zeros(10, dtype=torch.long)  # ten angry faces, none kept
+    kept = torch.zeros(10, dtype=torch.bool)
+    reason = ["memorization", "duplicate", "degenerate"] + ["label_fidelity"] * 5 + ["realism"] * 2
+    prob = torch.tensor([0.99, 0.98, 0.97, 0.1, 0.4, 0.3, 0.2, 0.05, 0.35, 0.01])
+    new_kept, new_reason, warnings = refill(FilterConfig(min_keep_fraction=0.3, refill=True), labels, kept, reason, prob)
+    assert torch.nonzero(new_kept).flatten().tolist() == [4, 5, 8]  # the 3 best soft rejects: p 0.4, 0.35, 0.3
+    assert all(new_reason[i].startswith("refilled (") for i in (4, 5, 8)) and new_reason[0] == "memorization"
+    assert not kept.any() and reason[4] == "label_fidelity"  # inputs untouched
+    assert "angry" in warnings and "re-admitted 3" in warnings["angry"]
+    only_warn, _, w = refill(FilterConfig(min_keep_fraction=0.3, refill=False), labels, kept, reason, prob)
+    assert not only_warn.any() and "re-admitted" not in w["angry"]
