@@ -30,7 +30,6 @@ from runtime.checkpoint import save_checkpoint
 from runtime.device import is_main_process
 from runtime.errors import UserError
 
-
 REAL_ARMS = ("real", "no_augment")
 
 

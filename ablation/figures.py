@@ -60,8 +60,8 @@ def gradcam_figures(runs: dict[str, list[dict]], arms: list[str], data_dir: Path
     """Grad-CAM on the same test faces (one per expression) for each arm's first-seed model, so the
     regions a real-trained and a synthetic-trained model rely on can be compared side by side."""
     from classifiers.saved_model import load_classifier
-    from tools.explain import gradcam_grid, sample_per_class
     from facedata.prepared import load_split
+    from tools.explain import gradcam_grid, sample_per_class
 
     test_path = Path(data_dir) / "test.safetensors"
     if not test_path.is_file():

@@ -19,7 +19,6 @@ from classifiers.metrics import confusion_matrices, paired_bootstrap_over_seeds,
 from runtime.errors import UserError
 from runtime.labels import EXPRESSIONS
 
-
 ARM_ORDER = {"no_augment": -2, "real": -1, "synthetic_only": 1e9}
 
 

@@ -22,9 +22,9 @@ from torchvision.transforms import v2
 
 from classifiers.architectures import build_model
 from classifiers.augment import MEAN, STD, AugmentConfig, augment_batch, preprocess
-from runtime.labels import EXPRESSIONS
 from facedata.prepared import load_split
 from facedata.sources.demo_faces import draw_demo_faces
+from runtime.labels import EXPRESSIONS
 
 
 def export_png(images: torch.Tensor, labels: torch.Tensor, root: Path) -> None:

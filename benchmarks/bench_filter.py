@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import save_file
 
 import pipelines.filter as filter_stage
-from quality.config import FilterConfig
 from facedata.prepared import load_prepared
+from quality.config import FilterConfig
 from quality.perceptual import Lpips
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from classifiers.architectures import model_from_config
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
-from classifiers.architectures import model_from_config
+from facedata.sources.demo_faces import draw_demo_faces
 from generators.config import GanConfig
 from generators.gan_networks import build_generator
-from generators.gan_training import train_gan
 from generators.gan_sampling import SAMPLING_FORMAT, sample
-from facedata.sources.demo_faces import draw_demo_faces
+from generators.gan_training import train_gan
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:

@@ -23,8 +23,8 @@ import torch
 from classifiers.architectures import ARCHITECTURES, build_model
 from classifiers.augment import preprocess
 from classifiers.config import TrainConfig
-from tools.export_model import export_onnx, onnx_pixels, quantize_int8, session
 from facedata.sources.demo_faces import draw_demo_faces
+from tools.export_model import export_onnx, onnx_pixels, quantize_int8, session
 
 WIDTHS = {"compact_cnn": 1.0, "vgg_fer": 0.5, "resnet18": 1.0, "mobilenet_v3_small": 1.0}
 BATCHES = (1, 32)

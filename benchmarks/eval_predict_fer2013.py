@@ -18,8 +18,8 @@ import torch
 
 from classifiers.saved_model import load_classifier
 from classifiers.training import predict_proba
-from tools.planted_faces import match_planted
 from facedata.prepared import load_split
+from tools.planted_faces import match_planted
 
 
 def main() -> None:

@@ -9,15 +9,15 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from runtime.checkpoint import save_checkpoint
 from classifiers.config import TrainConfig
 from classifiers.metrics import evaluate_predictions
 from classifiers.saved_model import save_classifier
 from classifiers.training import TrainResult, predict_proba, train_classifier
-from runtime.device import hardware, is_main_process
-from runtime import atomic
-from runtime.live import dvclive_logger
 from facedata.prepared import LabelledImages
+from runtime import atomic
+from runtime.checkpoint import save_checkpoint
+from runtime.device import hardware, is_main_process
+from runtime.live import dvclive_logger
 
 
 def fit_and_report(cfg: TrainConfig, train: LabelledImages, val: LabelledImages, test: LabelledImages,
@@ -61,8 +61,8 @@ def run_train_classifier(cfg: TrainConfig, data: dict[str, LabelledImages], out_
     save_checkpoint(out_dir / "test_predictions.safetensors", {"test_probs": test_probs, "labels": data["test"].labels}, {})
     atomic.write_json(metrics_path, metrics)
     if plots_dir is not None:
-        from runtime.labels import EXPRESSIONS
         from figures.charts import write_confusion
+        from runtime.labels import EXPRESSIONS
 
         write_confusion(plots_dir, list(EXPRESSIONS), data["test"].labels, test_probs.argmax(1),
                         f"{cfg.arch} on test: acc {metrics['test']['accuracy']:.3f}")

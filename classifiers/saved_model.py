@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from runtime import checkpoint as ckpt
 from classifiers.config import TrainConfig
+from runtime import checkpoint as ckpt
 
 
 def save_classifier(path: str | Path, model: torch.nn.Module, cfg: TrainConfig, **extra) -> None:

@@ -18,8 +18,8 @@ from typing import Literal
 
 import torch
 
-from runtime.labels import EXPRESSIONS
 from facedata.prepared import LabelledImages
+from runtime.labels import EXPRESSIONS
 
 MergeMode = Literal["proportional", "balance", "synthetic_only"]
 

@@ -11,7 +11,6 @@ from facedata.prepared import LabelledImages, check_images
 from runtime.errors import UserError
 from runtime.labels import EXPRESSIONS
 
-
 DATA_FILE = "synthetic.safetensors"
 
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from runtime import atomic  # noqa: E402
-import csv
-import io
-import torch
 
 
 def save_figure(fig, path: str | Path) -> None:

@@ -11,7 +11,6 @@ import torchvision
 from runtime import atomic
 from runtime.labels import EXPRESSIONS
 
-
 GRID_UPSCALE = 2
 
 

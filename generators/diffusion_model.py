@@ -12,7 +12,6 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from generators.config import DiffusionConfig
 from runtime.labels import EXPRESSIONS
 
-
 NUM_CLASSES = len(EXPRESSIONS)  # 7
 
 

@@ -20,7 +20,6 @@ from runtime import checkpoint as ckpt
 from runtime.errors import UserError
 from runtime.labels import EXPRESSIONS
 
-
 # Batches are padded to a multiple of this, so the conv kernels see the same batch shapes whatever
 # the number of images asked for (CPU kernels may pick another algorithm for another batch size).
 SAMPLE_CHUNK = 64

@@ -42,8 +42,8 @@ def train_judge(
 ) -> None:
     """Train the judge on real train (params `judge`), calibrate it on val; report on test."""
     require_torchvision()
-    from pipelines.config import load_section
     from facedata.prepared import load_prepared
+    from pipelines.config import load_section
     from pipelines.train_judge import run_train_judge
 
     cfg = load_section("judge", params)
@@ -79,9 +79,9 @@ def generate(
 ) -> None:
     """Draw a labelled synthetic dataset (params `generate`); every image records its label and seed."""
     require_torchvision()
+    from facedata.prepared import load_manifest
     from pipelines.config import load_section
     from pipelines.generate import run_generate
-    from facedata.prepared import load_manifest
 
     cfg = load_section("generate", params)
     manifest = run_generate(cfg, generator, load_manifest(data)["counts"]["train"], out)

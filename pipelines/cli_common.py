@@ -13,7 +13,6 @@ import typer
 
 from runtime.errors import EXIT_USER_ERROR, UserError
 
-
 app = typer.Typer(
     name="fersynth",
     help="Does synthetic face data make facial-expression classifiers better? Stages of the DVC pipeline.",

@@ -12,9 +12,21 @@ from typing import Annotated
 
 import typer
 
+from pipelines.cli_common import (
+    DEFAULT_MODEL,
+    DataOpt,
+    JudgeOpt,
+    ModelOpt,
+    ParamsOpt,
+    Split,
+    SplitOpt,
+    TtaOpt,
+    app,
+    choices,
+    require_torchvision,
+    user_errors,
+)
 from runtime.labels import EXPRESSIONS
-from pipelines.cli_common import (DEFAULT_MODEL, DataOpt, JudgeOpt, ModelOpt, ParamsOpt, Split, SplitOpt, TtaOpt, app, choices,
-                                  require_torchvision, user_errors)
 
 Target = choices("Target", ("true", "predicted", *EXPRESSIONS))
 
@@ -33,9 +45,9 @@ def train_classifier(
 ) -> None:
     """Train an expression classifier on real train, select on val, report on test with 95% CIs."""
     require_torchvision()
-    from pipelines.config import load_section
-    from facedata.prepared import load_prepared
     from classifiers.fit import run_train_classifier
+    from facedata.prepared import load_prepared
+    from pipelines.config import load_section
 
     cfg = load_section(section, params)
     run_train_classifier(cfg, load_prepared(data), out, metrics, live_dir=Path("dvclive") / out.name,

@@ -12,16 +12,12 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
-from runtime.errors import UserError
-
 from ablation.config import AblationConfig
-
-from facedata.config import DataConfig
-from quality.config import FilterConfig
-
-
 from classifiers.config import TrainConfig  # noqa: E402
+from facedata.config import DataConfig
 from generators.config import GenerateConfig, GeneratorConfig  # noqa: E402
+from quality.config import FilterConfig
+from runtime.errors import UserError
 
 
 class _TrainSection(TrainConfig):

@@ -28,21 +28,21 @@ import torch
 from rich.console import Console
 from safetensors.torch import save
 
-from runtime.labels import EXPRESSIONS
-from runtime import atomic
+from classifiers.judge import load_judge
+from facedata.prepared import load_prepared
+from facedata.synthetic import DATA_FILE, load_synthetic
+from figures.grids import contact_sheet, pairs_sheet
+from quality import scores
 from quality.cas import cas_before_after
 from quality.config import FilterConfig
-from runtime.errors import UserError
-from facedata.synthetic import DATA_FILE, load_synthetic
-from facedata.prepared import load_prepared
-from classifiers.judge import load_judge
-from quality import scores
+from quality.decisions import REASONS, decide, refill
 from quality.neighbours import knn
 from quality.perceptual import load_lpips
-from figures.grids import contact_sheet, pairs_sheet
-from quality.decisions import REASONS, decide, refill
 from quality.readings import inception_reference, quality_readings
 from quality.scores import nearest_pixel_copy, nearest_real
+from runtime import atomic
+from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 
 def _manifest_csv(rows: list[dict]) -> str:

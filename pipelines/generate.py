@@ -23,14 +23,14 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import save
 
-from runtime.labels import EXPRESSIONS
+from facedata.prepared import check_images
+from facedata.synthetic import CSV_FILE, DATA_FILE, export_csv, export_png
 from generators.config import GenerateConfig
 from generators.registry import KINDS, load_sampler
 from generators.sampling import file_sha256
 from runtime import atomic
 from runtime.errors import UserError
-from facedata.prepared import check_images
-from facedata.synthetic import CSV_FILE, DATA_FILE, export_csv, export_png
+from runtime.labels import EXPRESSIONS
 
 SEED_STRIDE = 10_000_000  # images per generate seed: image i gets seed * SEED_STRIDE + i
 

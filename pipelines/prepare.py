@@ -9,14 +9,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from runtime import atomic
-from runtime.labels import EXPRESSIONS
 from facedata.config import DataConfig
-from runtime.errors import UserError
 from facedata.prepared import SPLITS, LabelledImages, encode_split
 from facedata.sources.fer2013_csv import RawSplits, read_fer2013_csv
 from facedata.sources.image_folder import read_image_folder
 from facedata.splits import duplicate_report, nested_subsample, stratified_split
+from runtime import atomic
+from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 
 def resolve_data_path(path: str, cwd: Path | None = None) -> Path:

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
+from ablation.config import AblationConfig
+from ablation.figures import gradcam_figures, plot_gain_heatmap, plot_vs_ratio, write_plot_csvs
+from ablation.render import render_html, render_markdown, verdict
+from ablation.statistics import arm_statistics, best_arm_on_val, load_runs, shortfall_note
 from facedata.prepared import load_split
 from facedata.synthetic import load_synthetic
 from figures.charts import plot_confusion
 from figures.grids import sample_sheet
-from ablation.config import AblationConfig
 from quality.cas import cas_accuracy
-from ablation.figures import gradcam_figures, plot_gain_heatmap, plot_vs_ratio, write_plot_csvs
-from ablation.render import render_html, render_markdown, verdict
-from ablation.statistics import arm_statistics, best_arm_on_val, load_runs, shortfall_note
 from runtime import atomic
 from runtime.errors import UserError
 from runtime.labels import EXPRESSIONS

@@ -13,11 +13,11 @@ from rich.console import Console
 
 from classifiers.calibration import expected_calibration_error, fit_temperature, nll
 from classifiers.config import TrainConfig
-from classifiers.judge import Judge
-from runtime import atomic
-from facedata.prepared import LabelledImages
-from runtime.device import is_main_process
 from classifiers.fit import fit_and_report
+from classifiers.judge import Judge
+from facedata.prepared import LabelledImages
+from runtime import atomic
+from runtime.device import is_main_process
 
 
 def run_train_judge(cfg: TrainConfig, data: dict[str, LabelledImages], out_dir: Path, metrics_path: Path,

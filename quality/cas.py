@@ -22,11 +22,11 @@ import torch
 from rich.console import Console
 
 from classifiers.config import TrainConfig
-from runtime.labels import EXPRESSIONS
 from classifiers.metrics import evaluate_predictions, paired_bootstrap_difference
 from classifiers.training import predict_proba, train_classifier
 from facedata.merge import class_permutations
 from facedata.prepared import LabelledImages
+from runtime.labels import EXPRESSIONS
 
 
 def cas_accuracy(quality: dict, when: str, missing: str | None = "n/a") -> float | str | None:

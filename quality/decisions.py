@@ -8,7 +8,6 @@ import torch
 from quality.config import FilterConfig
 from runtime.labels import EXPRESSIONS
 
-
 REASONS = ("degenerate", "memorization", "duplicate", "label_fidelity", "realism")
 
 

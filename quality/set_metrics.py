@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from runtime.labels import EXPRESSIONS
-from quality.probe import kid
 from quality.neighbours import kth_radius
+from quality.probe import kid
+from runtime.labels import EXPRESSIONS
 
 
 def fid(real: Tensor, fake: Tensor) -> float:

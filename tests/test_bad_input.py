@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from facedata.prepared import load_manifest
 from facedata.sources.fer2013_csv import read_fer2013_csv
+from pipelines.cli import app
 from tests.conftest import write_fer_csv, write_params
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from classifiers.config import TrainConfig
-from quality.cas import cas_before_after, cas_counts, cas_sample
 from facedata.prepared import LabelledImages
+from quality.cas import cas_before_after, cas_counts, cas_sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -57,8 +57,8 @@ def test_fixed_choice_options_reject_other_values_listing_the_allowed_ones(tmp_p
 
 def test_choice_lists_match_the_modules_they_repeat():
     from classifiers.augment import TTA_MODES
-    from runtime.labels import EXPRESSIONS
     from facedata.prepared import SPLITS
+    from runtime.labels import EXPRESSIONS
 
     assert cli.SPLITS == SPLITS and cli.TTA_MODES == TTA_MODES
     assert [t.value for t in pipelines.cli_tools.Target] == ["true", "predicted", *EXPRESSIONS]

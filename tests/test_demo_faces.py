@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.errors import UserError
 from facedata.sources.demo_faces import CLASS_NAMES, draw_demo_faces
+from runtime.errors import UserError
 
 N_CLASSES = len(CLASS_NAMES)
 

@@ -13,12 +13,12 @@ import torch
 from pydantic import ValidationError
 
 import generators.diffusion_training as diffusion
-from runtime.checkpoint import load_checkpoint, save_checkpoint
-from generators.diffusion_training import DiffusionConfig, train_diffusion
-from generators.diffusion_sampling import DiffusionSampler, load_diffusion_sampler, save_diffusion_sampler
-from generators.diffusion_model import NULL_CLASS, build_unet, denoise
-from runtime.errors import UserError
 from facedata.sources.demo_faces import draw_demo_faces
+from generators.diffusion_model import NULL_CLASS, build_unet, denoise
+from generators.diffusion_sampling import DiffusionSampler, load_diffusion_sampler, save_diffusion_sampler
+from generators.diffusion_training import DiffusionConfig, train_diffusion
+from runtime.checkpoint import load_checkpoint, save_checkpoint
+from runtime.errors import UserError
 
 TINY = dict(patch_size=1, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
             batch_size=8, lr=1e-3, lr_warmup_steps=2, steps=8, log_every=2, checkpoint_every=4,

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from classifiers.architectures import ARCHITECTURES, build_model
 from classifiers.saved_model import save_classifier
-from tools.explain import default_layer, gradcam, gradcam_grid, sample_per_class
 from facedata.prepared import save_split
 from tests.conftest import train_tiny_classifier
+from tools.explain import default_layer, gradcam, gradcam_grid, sample_per_class
 
 
 @pytest.fixture(scope="module")

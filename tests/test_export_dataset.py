@@ -41,9 +41,9 @@ def ok(*args: str) -> str:
 
 @pytest.fixture
 def chain(tmp_path, monkeypatch) -> Path:
+    from classifiers.architectures import model_from_config
     from classifiers.config import TrainConfig
     from classifiers.judge import Judge
-    from classifiers.architectures import model_from_config
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))

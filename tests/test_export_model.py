@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from classifiers.saved_model import save_classifier
-from tools.export_model import PARITY_ATOL, export_onnx, onnx_outputs, onnx_pixels, parity, quantize_int8, session
 from facedata.prepared import LabelledImages, save_split
 from facedata.sources.demo_faces import draw_demo_faces
 from tests.conftest import train_tiny_classifier
+from tools.export_model import PARITY_ATOL, export_onnx, onnx_outputs, onnx_pixels, parity, quantize_int8, session
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from classifiers.architectures import model_from_config
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
-from classifiers.architectures import model_from_config
-from quality.config import FilterConfig
-from runtime.errors import UserError
-from pipelines.filter import run_filter
 from facedata.prepared import LabelledImages, save_split
 from facedata.sources.demo_faces import draw_demo_faces
+from pipelines.filter import run_filter
+from quality.config import FilterConfig
 from quality.inception import HOW_TO_INSTALL, weights_path
+from runtime.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,8 +151,8 @@ def test_missing_inputs_are_one_line_errors(world, tmp_path):
 
 
 def test_cas_before_and_after_filtering_lands_in_quality_json_and_the_report_table(world, tmp_path):
-    from quality.cas import cas_accuracy
     from ablation.render import quality_table_md
+    from quality.cas import cas_accuracy
 
     off = run(world, tmp_path / "off")
     assert "off" in off["cas"] and cas_accuracy(off, "before") == "n/a"

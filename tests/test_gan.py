@@ -19,19 +19,19 @@ from pydantic import ValidationError
 from safetensors import safe_open
 
 import generators.gan_training as gan_training
+from classifiers.architectures import model_from_config
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
-from classifiers.architectures import model_from_config
+from facedata.prepared import LabelledImages, save_split
+from facedata.sources.demo_faces import draw_demo_faces
 from generators.config import GanConfig, GeneratorConfig
 from generators.diffaugment import cutout, diff_augment, translation
 from generators.gan_networks import Generator, PlainDiscriminator, ProjectedDiscriminator
-from generators.gan_training import GanDivergedError, mode_seeking_loss, train_gan
-from quality.probe import kid
-from generators.registry import load_sampler
 from generators.gan_sampling import load_generator, noise_for_seeds, sample, save_generator
+from generators.gan_training import GanDivergedError, mode_seeking_loss, train_gan
+from generators.registry import load_sampler
+from quality.probe import kid
 from runtime.errors import UserError
-from facedata.prepared import LabelledImages, save_split
-from facedata.sources.demo_faces import draw_demo_faces
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(z_dim=16, g_channels=[16, 16, 8, 8], judge_guidance=0.0, d_channels=[8, 8, 16, 16], d_head_channels=8, batch_size=8,

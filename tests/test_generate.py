@@ -12,15 +12,15 @@ import torch
 from pydantic import ValidationError
 
 import pipelines.generate as generate
-from runtime.labels import EXPRESSIONS
+from facedata.sources.demo_faces import draw_demo_faces
+from facedata.synthetic import load_synthetic
 from generators.config import GanConfig, GenerateConfig
+from generators.gan_sampling import save_generator
 from generators.gan_training import train_gan
 from generators.registry import load_sampler
-from generators.gan_sampling import save_generator
-from runtime.errors import UserError
 from pipelines.generate import class_counts, run_generate
-from facedata.synthetic import load_synthetic
-from facedata.sources.demo_faces import draw_demo_faces
+from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 TINY = dict(z_dim=16, g_channels=[16, 16, 8, 8], judge_guidance=0.0, d_kind="plain", d_channels=[8, 8, 16, 16], batch_size=8, steps=3,
             sample_every=1000, quality_every=1000, threads=1, device="cpu")
@@ -83,8 +83,8 @@ def test_balance_policy_with_png_and_csv_exports(gan_path, tmp_path):
     want = [max(REAL) - c for c in REAL]
     assert torch.bincount(data.labels, minlength=7).tolist() == want == list(manifest["counts"].values())
 
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     for c, name in enumerate(EXPRESSIONS):
         files = sorted((out / "png" / name).glob("*.png"))

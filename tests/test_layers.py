@@ -15,7 +15,6 @@ imports. Read from the source (ast), every import counted, a function-level one 
 from __future__ import annotations
 
 import yaml
-
 from test_dvc_deps import PACKAGES, REPO, imports_in, module_files
 
 FLOORS = {"runtime": 0, "facedata": 1, "figures": 1, "classifiers": 2, "quality": 3, "generators": 4, "tools": 5,

@@ -7,8 +7,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifiers.calibration import expected_calibration_error, fit_temperature, nll
-from classifiers.metrics import (confusion_matrices, evaluate_predictions, paired_bootstrap_difference,
-                                 scores_from_confusion)
+from classifiers.metrics import confusion_matrices, evaluate_predictions, paired_bootstrap_difference, scores_from_confusion
 
 
 @pytest.fixture

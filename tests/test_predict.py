@@ -14,10 +14,9 @@ from typer.testing import CliRunner
 from classifiers.architectures import build_model
 from classifiers.config import TrainConfig
 from classifiers.saved_model import save_classifier
-from tools.predict import FaceDetector, crop_box, crop_faces, predict_faces, to_gray
-from tools.planted_faces import compose_scenes, iou, match_planted
 from facedata.sources.demo_faces import draw_demo_faces
-
+from tools.planted_faces import compose_scenes, iou, match_planted
+from tools.predict import FaceDetector, crop_box, crop_faces, predict_faces, to_gray
 
 
 def coarse_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from facedata.prepared import load_manifest, load_prepared
 from pipelines.cli import app
 from pipelines.prepare import resolve_data_path
-from facedata.prepared import load_manifest, load_prepared
 from tests.conftest import FER2013, needs_fer2013, write_fer_csv, write_params
 
 runner = CliRunner()

@@ -11,15 +11,15 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from classifiers.architectures import model_from_config
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
 from classifiers.saved_model import save_classifier
 from classifiers.training import predict_proba, train_classifier
-from classifiers.architectures import model_from_config
-from quality.probe import gan_test, kid
-from pipelines.cli import app
 from facedata.prepared import LabelledImages, save_split
 from facedata.sources.demo_faces import draw_demo_faces
+from pipelines.cli import app
+from quality.probe import gan_test, kid
 from quality.set_metrics import density_coverage, fid, precision_recall
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,8 +57,8 @@ def quality(*extra: str) -> dict:
 
 def test_quality_cli_numbers_are_the_metrics_of_the_judge_features(world):
     m = quality("--synthetic", "synthetic", "--classifier", "clf.safetensors")
-    from facedata.synthetic import load_synthetic
     from facedata.prepared import load_split
+    from facedata.synthetic import load_synthetic
 
     real = load_split(world / "prepared" / "train.safetensors")
     fake, _ = load_synthetic(world / "synthetic")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from runtime.checkpoint import save_checkpoint
-from classifiers.metrics import paired_bootstrap_over_seeds
 from ablation.config import AblationConfig
-from pipelines.report import run_report
 from ablation.statistics import best_arm_on_val, mean_ci
+from classifiers.metrics import paired_bootstrap_over_seeds
+from pipelines.report import run_report
+from runtime.checkpoint import save_checkpoint
 
 N = 300
 

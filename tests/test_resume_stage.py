@@ -41,9 +41,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A folder with tiny params, prepared demo faces and a (randomly initialised) judge."""
+    from classifiers.architectures import model_from_config
     from classifiers.config import TrainConfig
     from classifiers.judge import Judge
-    from classifiers.architectures import model_from_config
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     monkeypatch.chdir(tmp_path)
@@ -166,9 +166,9 @@ def test_train_real_killed_and_rerun_matches_an_uninterrupted_run(project):
 
 
 def test_diffusion_resume_keeps_its_dvclive_curves(tmp_path):
+    from facedata.sources.demo_faces import draw_demo_faces
     from generators.diffusion_training import DiffusionConfig, train_diffusion
     from runtime.live import dvclive_logger
-    from facedata.sources.demo_faces import draw_demo_faces
 
     demo = draw_demo_faces(10, seed=3)
     cfg = DiffusionConfig(patch_size=2, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,

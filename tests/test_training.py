@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from classifiers.config import TrainConfig
 from classifiers.judge import Judge
 from classifiers.training import train_classifier
-from pipelines.cli import app
 from facedata.sources.demo_faces import draw_demo_faces
+from pipelines.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(arch="compact_cnn", width=0.25, epochs=3, batch_size=32, lr=0.05, tta="none", threads=2)

@@ -9,14 +9,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from runtime.labels import EXPRESSIONS
 from classifiers.metrics import evaluate_predictions
 from classifiers.saved_model import load_classifier
 from classifiers.training import predict_proba
-from runtime import atomic
-from runtime.errors import UserError
 from facedata.prepared import SPLITS, load_split
 from figures.charts import write_confusion
+from runtime import atomic
+from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 
 def restrict_to_classes(probs: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

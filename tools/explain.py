@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from classifiers.augment import preprocess
 from classifiers.config import TrainConfig
-from runtime.labels import EXPRESSIONS
 from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 MIN_CAM_SIDE = 6
 

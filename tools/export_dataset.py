@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime.labels import EXPRESSIONS
-from generators.sampling import file_sha256, read_metadata
-from runtime import atomic
-from quality.cas import cas_accuracy
-from runtime.errors import UserError
-from facedata.synthetic import CSV_FILE, export_csv, export_png, load_synthetic
 from facedata.prepared import load_manifest
+from facedata.synthetic import CSV_FILE, export_csv, export_png, load_synthetic
+from generators.sampling import file_sha256, read_metadata
+from quality.cas import cas_accuracy
+from runtime import atomic
+from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from classifiers.augment import MEAN, STD
 from classifiers.config import TrainConfig
-from runtime.labels import EXPRESSIONS
 from runtime import atomic
 from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 PARITY_ATOL = 1e-4
 OPSET = 18
@@ -166,8 +166,8 @@ def run_export_model(model_path: Path, out_dir: Path, data_dir: Path, metrics_pa
     from rich.table import Table
 
     from classifiers.augment import preprocess
-    from tools.predict import load_model
     from facedata.prepared import load_split
+    from tools.predict import load_model
 
     if calibration_size < 1 or parity_size < 1:
         raise UserError("--calibration-size and --parity-size must be >= 1")

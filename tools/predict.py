@@ -32,9 +32,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from classifiers.config import TrainConfig
-from runtime.labels import EXPRESSIONS
 from runtime import atomic
 from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 FACE_SIZE = 48
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})

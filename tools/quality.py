@@ -7,14 +7,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from runtime.labels import EXPRESSIONS
-from runtime import atomic
-from quality.config import FilterConfig
-from quality.readings import inception_reference, quality_readings
-from facedata.synthetic import load_synthetic
-from facedata.prepared import load_prepared
 from classifiers.judge import load_judge
+from facedata.prepared import load_prepared
+from facedata.synthetic import load_synthetic
+from quality.config import FilterConfig
 from quality.perceptual import load_lpips
+from quality.readings import inception_reference, quality_readings
+from runtime import atomic
+from runtime.labels import EXPRESSIONS
 
 METRIC_NOTES = {
     "fid": "Frechet distance of judge features (lower = closer to real)",

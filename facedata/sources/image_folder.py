@@ -21,9 +21,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from rich.progress import Progress
 
-from runtime.labels import EXPRESSIONS
-from runtime.errors import UserError
 from facedata.sources.fer2013_csv import RawSplits
+from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
