@@ -52,7 +52,7 @@ def train_judge(
 
 @app.command("train-generator")
 @user_errors
-def train_gan(
+def train_generator(
     params: ParamsOpt = Path("params.yaml"),
     data: DataOpt = Path("data/prepared"),
     judge: Annotated[Path, typer.Option(help="The judge (projected discriminator, guidance, quality readings).")] = Path("models/judge/model.safetensors"),
@@ -140,7 +140,7 @@ def train_real(
 @app.command("train-mix")
 @user_errors
 def train_mix(
-    ratio: Annotated[float, typer.Option(min=0, min_open=True, help="Synthetic:real ratio, such as 0.5 (ablation.mode says how).")],
+    ratio: Annotated[float, typer.Option(help="Synthetic:real ratio > 0, such as 0.5 (ablation.mode says how).")],
     seed: SeedOpt = 0,
     params: ParamsOpt = Path("params.yaml"),
     data: DataOpt = Path("data/prepared"),
@@ -151,8 +151,9 @@ def train_mix(
     """Train real + synthetic faces at one ratio for one seed."""
     require_torchvision()
     from pipelines.config import load_section
-    from pipelines.train_mix import run_train_mix
+    from pipelines.train_mix import check_ratio, run_train_mix
 
+    check_ratio(ratio)  # before reading any file
     run_train_mix(ratio, seed, load_section("classifier", params), load_section("ablation", params), data, synthetic,
                   *_arm_paths(f"r{ratio:g}", seed, out, metrics))
 

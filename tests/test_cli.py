@@ -55,6 +55,16 @@ def test_fixed_choice_options_reject_other_values_listing_the_allowed_ones(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ablation_arm_commands_refuse_arms_of_another_stage(tmp_path):
+    """train-real takes only the real-data arms, train-mix only a ratio > 0: one line, exit 2, nothing written."""
+    real = runner.invoke(app, ["train-real", "--arm", "0.5", "--out", str(tmp_path / "run")])
+    assert real.exit_code == 2 and "'0.5' is not one of" in real.stderr and "'no_augment'" in real.stderr
+    mix = runner.invoke(app, ["train-mix", "--ratio", "0", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "run")])
+    assert mix.exit_code == 2, mix.output
+    assert mix.stderr.strip().splitlines() == [mix.stderr.strip()] and "must be > 0" in mix.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_choice_lists_match_the_modules_they_repeat():
     from classifiers.augment import TTA_MODES
     from facedata.prepared import SPLITS
