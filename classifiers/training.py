@@ -193,6 +193,7 @@ def train_classifier(
         state = _restore(*restored, model, opt, plateau, gen, aug_gen, rank)
         run.resumed(f"epoch {state.epoch + 1}/{cfg.epochs}", log_step=state.epoch)  # rows are logged at step = epoch
 
+    run.begin()
     stopped = "completed"
     with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task(f"{cfg.arch} epoch {state.epoch + 1}/{cfg.epochs}", total=sched.total, completed=state.step)

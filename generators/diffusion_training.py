@@ -206,6 +206,7 @@ def train_diffusion(
         tensors, meta = m.checkpoint()
         run.save(tensors, {**meta, "step": at_step, "history": history, "loss_sum": loss_sum, "loss_n": loss_n})
 
+    run.begin()
     stopped = "completed"
     amp = device.type == "cuda" and cfg.amp
     with progress_bar(progress) as bar:

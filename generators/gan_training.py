@@ -379,6 +379,7 @@ def train_gan(
         run.save(*nets.checkpoint(step, readings.history))
         saved_step = step
 
+    run.begin()
     stopped = "completed"
     meter = _LossMeter(cfg, step)
     nets.G.train()

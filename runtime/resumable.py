@@ -7,6 +7,7 @@ ranks so all stop at the same step), and the progress bar.
                        max_minutes=cfg.max_minutes, rank=rank, world=world, log=log)
     restored = run.restore()            # (tensors, meta) of a matching checkpoint, or None
     if restored: ...load the loop's own state...; run.resumed(f"step {step}", log_step=step)
+    run.begin()
     while ...: if run.budget_used() >= 1: break; ...step...; run.save(tensors, meta)
 
 A checkpoint made with other settings or data is never loaded: the run says so and starts afresh.
@@ -70,6 +71,10 @@ class ResumableRun:
         self.say(f"resuming {self.name} from {self.path} at {where}")
         if self.rank == 0:
             resume_log(self.log, log_step)
+
+    def begin(self) -> None:
+        """Start the clock (right before the loop: set-up is not charged to the budget)."""
+        self._start = time.perf_counter()
 
     def elapsed(self) -> float:
         """Seconds of this run so far, killed runs before it included."""

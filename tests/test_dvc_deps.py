@@ -129,6 +129,17 @@ def test_stage_code_deps_are_its_import_closure(name):
                           f"not imported {sorted(have - want)}")
 
 
+def test_every_dep_is_a_project_file_or_another_stages_output():
+    """A dep that names nothing (a folder moved away) makes `dvc repro` fail on the user's machine."""
+    outs = set()
+    for stage in stages().values():
+        for out in [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]:
+            outs.add(str(next(iter(out)) if isinstance(out, dict) else out).split("${")[0])
+    missing = [f"{name}: {dep}" for name, stage in stages().items() for dep in stage.get("deps", [])
+               if not (REPO / str(dep)).exists() and not any(str(dep).startswith(o) or o.startswith(str(dep)) for o in outs)]
+    assert not missing, missing
+
+
 def test_closure_follows_lazy_imports_and_packages():
     """The analysis itself: a stage's lazy import inside its command is followed, with the package's __init__."""
     got = stage_closure("fersynth prepare")
