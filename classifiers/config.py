@@ -49,4 +49,4 @@ class TrainConfig(Section):
     # evaluation on 2 cores, but ~0.5-1% of argmaxes can flip against float32, so off unless a preset
     # needs the time (the CPU study does)
     eval_amp: bool = False
-    channels_last: bool = True  # with CUDA or CPU autocast
+    channels_last: bool = True  # the training steps' memory layout (faster on CUDA and on CPU, bf16 or not)

@@ -174,7 +174,10 @@ def train_classifier(
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
     torch.manual_seed(cfg.seed)
     amp = use_amp(cfg, device)
-    memory_format = torch.channels_last if (cfg.channels_last and (device.type == "cuda" or amp)) else torch.contiguous_format
+    # channels_last everywhere: with bf16 autocast, and in float32 on CPUs without native bf16 too, where a
+    # vgg_fer x0.25 float32 step measured 1.16-1.45x (batch 64) and 1.23-1.28x (batch 32) faster in two runs here
+    # (benchmarks/bench_memory_format.py, results/memory_format_benchmark.txt)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model_from_config(cfg).to(device).to(memory_format=memory_format)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = _optimizer(cfg, model)
