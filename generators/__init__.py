@@ -1,3 +1,4 @@
-"""Class-conditional face generators: config, GAN networks, DiffAugment, GAN training loop, quality
-readings (GAN-test, KID), seeded sampling behind one `ConditionalSampler` interface; the diffusion
-alternative lives in `generators.diffusion`."""
+"""Class-conditional face generators behind `registry.py` (kind -> train, save, final quality, sampler):
+the GAN (gan_networks, diffaugment, gan_training, gan_sampling) and the diffusers comparison
+(diffusion_model, diffusion_training, diffusion_sampling); `sampling.py` is the seeded-sampler
+interface both share."""
