@@ -239,7 +239,8 @@ def train_classifier(
     if world > 1:
         dist.barrier()
     final = copy.deepcopy(model).cpu()
-    final.load_state_dict(state.best_weights or final.state_dict())
+    if state.best_weights is not None:
+        final.load_state_dict(state.best_weights)
     return TrainResult(final.eval(), state.history, state.best["epoch"], state.best["val"], run.elapsed(), stopped, state.step)
 
 

@@ -111,6 +111,7 @@ SeedOpt = Annotated[int, typer.Option(help="Training seed (replaces classifier.s
 SyntheticOpt = Annotated[Path | None, typer.Option(help="Synthetic set; default from ablation.synthetic (data/filtered or data/synthetic).")]
 RunOpt = Annotated[Path | None, typer.Option(help="Run folder; default runs/<arm>/s<seed>.")]
 RunMetricsOpt = Annotated[Path | None, typer.Option(help="Metrics JSON; default metrics/ablation/<arm>_s<seed>.json.")]
+# repeats ablation.arms.REAL_ARMS, which imports torch (--help must stay instant); tests/test_cli.py holds them equal
 RealArm = choices("RealArm", ("real", "no_augment"))
 
 

@@ -13,9 +13,9 @@ import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
 from ablation.config import AblationConfig
-from classifiers.config import TrainConfig  # noqa: E402
+from classifiers.config import TrainConfig
 from facedata.config import DataConfig
-from generators.config import GenerateConfig, GeneratorConfig  # noqa: E402
+from generators.config import GenerateConfig, GeneratorConfig
 from quality.config import FilterConfig
 from runtime.errors import UserError
 

@@ -66,11 +66,14 @@ def test_ablation_arm_commands_refuse_arms_of_another_stage(tmp_path):
 
 
 def test_choice_lists_match_the_modules_they_repeat():
+    import pipelines.cli
+    from ablation.arms import REAL_ARMS
     from classifiers.augment import TTA_MODES
     from facedata.prepared import SPLITS
     from runtime.labels import EXPRESSIONS
 
     assert cli.SPLITS == SPLITS and cli.TTA_MODES == TTA_MODES
+    assert tuple(a.value for a in pipelines.cli.RealArm) == REAL_ARMS
     assert [t.value for t in pipelines.cli_tools.Target] == ["true", "predicted", *EXPRESSIONS]
 
 
