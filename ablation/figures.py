@@ -1,5 +1,5 @@
-"""The report's figures (matplotlib, written atomically) and DVC plot tables: test metric vs ratio,
-the per-class recall-gain heatmap, Grad-CAM of the same test faces per arm."""
+"""The report's figures (matplotlib, written atomically) and DVC plot tables: test metric per arm, the
+screen, the per-class recall-gain heatmap, Grad-CAM of the same test faces per arm."""
 
 from __future__ import annotations
 
@@ -14,26 +14,42 @@ from runtime import atomic
 from runtime.labels import EXPRESSIONS
 
 
-def plot_vs_ratio(table: dict, metric: str, path: Path, best: str) -> None:
-    mixes = [(r["ratio"], r[metric]) for r in table.values() if r["kind"] in ("real", "mix")]
-    mixes.sort()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    x = [m[0] for m in mixes]
-    y = [m[1]["mean"] for m in mixes]
-    err = [[m[1]["mean"] - (m[1]["ci95"] or [m[1]["mean"]] * 2)[0] for m in mixes],
-           [(m[1]["ci95"] or [m[1]["mean"]] * 2)[1] - m[1]["mean"] for m in mixes]]
-    ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label="real + synthetic")
-    for arm, style in (("no_augment", ":"), ("synthetic_only", "--")):
-        if arm in table:
-            ax.axhline(table[arm][metric]["mean"], ls=style, color="gray", label=arm.replace("_", " "))
-    if best in table:
-        ax.scatter([table[best]["ratio"]], [table[best][metric]["mean"]], s=160, facecolors="none",
-                   edgecolors="crimson", label=f"best on val ({best})", zorder=3)
-    ax.set_xlabel("synthetic : real ratio")
-    ax.set_ylabel(f"test {metric.replace('_', '-')}")
-    ax.grid(alpha=0.3)
+def plot_by_arm(table: dict, metric: str, path: Path, best: str, control: str) -> None:
+    """Every confirmed arm's test metric, mean and 95% CI over seeds, the val choices marked."""
+    arms = list(table)
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.45 * len(arms)))
+    for i, a in enumerate(arms):
+        stat = table[a][metric]
+        lo, hi = stat["ci95"] or [stat["mean"]] * 2
+        colour = "crimson" if a == best else ("tab:orange" if a == control else "tab:blue")
+        ax.errorbar([stat["mean"]], [i], xerr=[[stat["mean"] - lo], [hi - stat["mean"]]], fmt="o", capsize=4, color=colour)
+    ax.axvline(table["real"][metric]["mean"], ls=":", color="gray", label="real only")
+    ax.set_yticks(range(len(arms)), [f"{a} (chosen)" if a == best else (f"{a} (best control)" if a == control else a)
+                                     for a in arms])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test {metric.replace('_', '-')}")
+    ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8)
-    ax.set_title(f"test {metric.replace('_', '-')} vs ratio (mean, 95% CI over seeds)")
+    ax.set_title(f"test {metric.replace('_', '-')} per arm (mean, 95% CI over seeds)")
+    save_figure(fig, path)
+
+
+def plot_screen(rows: list[dict], path: Path) -> None:
+    """The screen: val accuracy (what chose) and test accuracy of every control and mix at one seed."""
+    if not rows:
+        return
+    rows = sorted(rows, key=lambda r: (r["kind"], -r["val_accuracy"]))
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.4 * len(rows)))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [r["val_accuracy"] for r in rows], height=0.4, label="val (chooses)")
+    ax.barh(y + 0.2, [r["test_accuracy"] for r in rows], height=0.4, label="test", alpha=0.6)
+    ax.set_yticks(y, [f"{r['arm']} *" if r["chosen"] else r["arm"] for r in rows])
+    ax.invert_yaxis()
+    lo = min(min(r["val_accuracy"], r["test_accuracy"]) for r in rows)
+    ax.set_xlim(max(0.0, lo - 0.05), None)
+    ax.set_xlabel("accuracy (one seed)")
+    ax.legend(fontsize=8)
+    ax.set_title("screen: * = chosen on val for confirmation")
     save_figure(fig, path)
 
 
@@ -82,11 +98,10 @@ def gradcam_figures(runs: dict[str, list[dict]], arms: list[str], data_dir: Path
 
 
 def write_plot_csvs(table: dict, plots_dir: Path) -> None:
-    rows = [{"ratio": r["ratio"], "accuracy": r["accuracy"]["mean"], "macro_f1": r["macro_f1"]["mean"]}
-            for r in sorted(table.values(), key=lambda r: r["ratio"] or 0) if r["kind"] in ("real", "mix")]
+    rows = [{"arm": a, "accuracy": r["accuracy"]["mean"], "macro_f1": r["macro_f1"]["mean"]} for a, r in table.items()]
     gain = [{"arm": a, "expression": e, "recall_gain": r["vs_real"]["recall"][e]["difference"]}
             for a, r in table.items() if "vs_real" in r for e in EXPRESSIONS]
-    for name, data in (("accuracy_vs_ratio.csv", rows), ("per_class_gain.csv", gain)):
+    for name, data in (("accuracy_by_arm.csv", rows), ("per_class_gain.csv", gain)):
         buf = io.StringIO()
         if data:
             w = csv.DictWriter(buf, fieldnames=list(data[0]), lineterminator="\n")

@@ -21,22 +21,35 @@ def _fmt(stat: dict, scale: float = 100) -> str:
     return f"{stat['mean'] * scale:.1f}" + (f" [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if ci else "")
 
 
-def _diff(row: dict, metric: str) -> str:
-    d = row.get("vs_real", {}).get(metric)
+def _diff(row: dict, metric: str, against: str = "vs_real") -> str:
+    d = (row.get(against) or {}).get(metric)
     if not d:
         return "—"
     return f"{d['difference'] * 100:+.2f} [{d['ci95'][0] * 100:+.2f}, {d['ci95'][1] * 100:+.2f}] p={d['p_value']:.3f}"
 
 
-def results_table_md(table: dict, best: str) -> list[str]:
-    lines = ["| arm | n train (synthetic) | seeds | steps | test accuracy % [95% CI] | macro-F1 % [95% CI] | "
-             "Δ accuracy vs real (paired) | disgust recall | fear recall |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def results_table_md(table: dict, best: str, control: str) -> list[str]:
+    lines = ["| arm | n train (synthetic) | seeds | steps | val accuracy % | test accuracy % [95% CI] | macro-F1 % [95% CI] | "
+             "Δ accuracy vs real (paired) | Δ macro-F1 vs real | Δ accuracy vs best control | disgust recall | fear recall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, r in table.items():
-        name = f"**{arm}** (best on val)" if arm == best else arm
-        lines.append(f"| {name} | {r['n_train']} ({r['n_synthetic']}) | {len(r['seeds'])} | {r['steps'] or '?'} | {_fmt(r['accuracy'])} | "
-                     f"{_fmt(r['macro_f1'])} | {_diff(r, 'accuracy')} | {r['recall']['disgust'] * 100:.1f} | "
-                     f"{r['recall']['fear'] * 100:.1f} |")
+        name = f"**{arm}** (chosen on val)" if arm == best else (f"{arm} (best control on val)" if arm == control else arm)
+        lines.append(f"| {name} | {r['n_train']} ({r['n_synthetic']}) | {len(r['seeds'])} | {r['steps'] or '?'} | "
+                     f"{r['val_accuracy']['mean'] * 100:.1f} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | "
+                     f"{_diff(r, 'accuracy')} | {_diff(r, 'macro_f1')} | {_diff(r, 'accuracy', 'vs_best_control')} | "
+                     f"{r['recall']['disgust'] * 100:.1f} | {r['recall']['fear'] * 100:.1f} |")
+    return lines
+
+
+def screen_table_md(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["(no screen runs)"]
+    lines = ["| screened arm (one seed) | kind | val accuracy % (chooses) | test accuracy % | test macro-F1 % |",
+             "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["kind"], -r["val_accuracy"])):
+        name = f"**{r['arm']}** (chosen)" if r["chosen"] else r["arm"]
+        lines.append(f"| {name} | {r['kind']} | {r['val_accuracy'] * 100:.2f} | {r['test_accuracy'] * 100:.2f} | "
+                     f"{r['test_macro_f1'] * 100:.2f} |")
     return lines
 
 
@@ -72,18 +85,38 @@ def quality_table_md(quality: dict) -> list[str]:
     return rows
 
 
+def _versus(d: dict, what: str) -> str:
+    signif = "a gain" if d["ci95"][0] > 0 else ("a loss" if d["ci95"][1] < 0 else "not significant")
+    return (f"{d['difference'] * 100:+.2f} points vs {what} (95% CI {d['ci95'][0] * 100:+.2f} to "
+            f"{d['ci95'][1] * 100:+.2f}; {signif})")
+
+
 def verdict(table: dict, best: str) -> str:
-    mixes = [r for r in table.values() if r["kind"] == "mix"]
+    """The headline: the val-chosen configuration against real only AND against the best control."""
+    mixes = [a for a, r in table.items() if r["kind"] == "mix"]
     if not mixes:
         return "No real+synthetic arm has run yet."
-    r = table[best]
+    mix = best if best != "real" else mixes[0]
+    r = table[mix]
+    control = r["vs_best_control"]["control"]
+    against = [_versus(r["vs_real"]["accuracy"], "real only")]
+    if control != "real":
+        against.append(_versus(r["vs_best_control"]["accuracy"], f"the best control ({control}, chosen on val)"))
     if best == "real":
-        return ("Synthetic data did not help here: the ratio chosen on val is 0 (real only). "
-                "See the quality table for what the synthetic faces lack.")
-    d = r["vs_real"]["accuracy"]
-    signif = "significant" if d["ci95"][0] > 0 else ("a loss" if d["ci95"][1] < 0 else "not significant")
-    return (f"The ratio chosen on val is {r['ratio']:g}: test accuracy {d['difference'] * 100:+.2f} points vs real only "
-            f"(95% CI {d['ci95'][0] * 100:+.2f} to {d['ci95'][1] * 100:+.2f}, p = {d['p_value']:.3f}; {signif}).")
+        return (f"Synthetic data did not help here: on val, real only beats the screen's best mix {mix}, whose test accuracy "
+                f"is {'; '.join(against)}.")
+    helps = r["vs_real"]["accuracy"]["ci95"][0] > 0 and (control == "real" or r["vs_best_control"]["accuracy"]["ci95"][0] > 0)
+    conclusion = ("Synthetic faces help beyond every control." if helps else
+                  "So synthetic faces do not beat real only and the best control with a CI that excludes 0.")
+    return f"The configuration chosen on val is {mix}: test accuracy {'; '.join(against)}. {conclusion}"
+
+
+def _teacher_line(summary: dict) -> str:
+    teacher, real = summary.get("judge_test_accuracy"), summary.get("real_test_accuracy")
+    if teacher is None:
+        return "Teacher (the judge): no metrics."
+    return (f"Teacher (the judge, source of every soft label): test accuracy {teacher * 100:.1f}% vs the real-only "
+            f"arm's {real * 100:.1f}%.")
 
 
 def _source_name(source) -> str:
@@ -100,8 +133,11 @@ def render_markdown(summary: dict, table: dict, best: str, quality: dict) -> str
         f"Judge test accuracy {summary['judge_test_accuracy']}. Generator: {summary['generator'].get('kind')}, "
         f"{summary['generator'].get('steps')} steps, {summary['generator'].get('train_minutes')} min.", "",
         f"**{verdict(table, best)}**", "", *([f"Warning: {summary['shortfall']}", ""] if summary["shortfall"] else []),
+        _teacher_line(summary), "",
         "## Classifiers (test, mean over seeds, 95% t-interval; Δ = seed-averaged paired bootstrap over test images)", "",
-        *results_table_md(table, best), "",
+        *results_table_md(table, best, summary["best_control_on_val"]), "",
+        f"## Screen (seed {summary['screen_seed']}, val chooses; the confirmed runs above use other seeds)", "",
+        *screen_table_md(summary["screen"]), "",
         "## Synthetic data quality", "", *quality_table_md(quality), "",
         "## Per-class recall gain vs real only (points)", "",
         "| arm | " + " | ".join(EXPRESSIONS) + " |", "|---|" + "---|" * len(EXPRESSIONS),
@@ -143,10 +179,13 @@ def render_html(summary: dict, table: dict, best: str, quality: dict, figures: d
         f"<p class='verdict'>{html.escape(verdict(table, best))}</p>",
         f"<p><b>Warning:</b> {html.escape(summary['shortfall'])}</p>" if summary["shortfall"] else "",
         f"<p>Data <b>{html.escape(_source_name(d['source']))}</b>, real_fraction {d['real_fraction']}, {d['train']} real training faces; "
-        f"judge test accuracy {summary['judge_test_accuracy']}; best ratio chosen on <b>val</b>, numbers on <b>test</b>.</p>",
-        "<div class='grid'>", img("accuracy_vs_ratio", "Test accuracy vs synthetic:real ratio"),
-        img("macro_f1_vs_ratio", "Test macro-F1 vs ratio"), "</div>",
-        "<h2>Every arm</h2>", _md_table_to_html(results_table_md(table, best)),
+        f"judge test accuracy {summary['judge_test_accuracy']}; every choice made on <b>val</b>, numbers on <b>test</b>.</p>",
+        "<div class='grid'>", img("accuracy_by_arm", "Test accuracy per arm (mean and 95% CI over seeds)"),
+        img("macro_f1_by_arm", "Test macro-F1 per arm"), "</div>",
+        f"<p>{html.escape(_teacher_line(summary))}</p>",
+        "<h2>Every arm</h2>", _md_table_to_html(results_table_md(table, best, summary["best_control_on_val"])),
+        img("screen", "The screen: val accuracy of every control and mix (one seed); the val-best of each is confirmed"),
+        _md_table_to_html(screen_table_md(summary["screen"])),
         "<h2>Which expressions gain</h2>", img("per_class_gain", "Per-class recall gain vs real only"),
         "<div class='grid'>", *(img(f"confusion_{a}", f"Confusion matrix: {a}") for a in dict.fromkeys(["real", best])), "</div>",
         "<h2>What the models look at</h2>", "<div class='grid'>",

@@ -74,7 +74,8 @@ def estimate_study(measured: dict, study: dict, smoke: dict) -> dict:
     """Hours for presets/gpu.yaml's three regimes, from this run's throughputs (same GPU, same widths)."""
     clf, judge, gan = measured["classifier"], measured["judge"], measured["generator"]
     abl = study["ablation"]
-    runs = (len(abl["real_arms"]) + len(abl["ratios"]) + 1) * len(abl["seeds"])
+    # real arms, CAS and the two chosen arms on every seed, plus the screen's controls and mixes once
+    runs = (len(abl["real_arms"]) + 1 + 2) * len(abl["seeds"]) + len(abl["controls"]) + len(abl["mixes"])
     per_run = study["classifier"]["steps"] / clf["steps_per_s"] + clf["overhead_s"]
     gan_s = min(60 * study["generator"]["gan"]["max_minutes"], study["generator"]["gan"]["steps"] / gan["steps_per_s"])
     # a stage's wall time is start-up (as a classifier run's, outside its training) plus the work
@@ -119,12 +120,12 @@ def main() -> None:
             group = name.split("@")[0]
             stage_seconds[group] = stage_seconds.get(group, 0.0) + seconds
             print(f"{name}: {seconds:.1f} s", flush=True)
-        clf_runs = sorted((work / "metrics" / "ablation").glob("*_s*.json"))
+        clf_runs = sorted((work / "metrics" / "ablation").glob("*_s*.json")) + sorted((work / "metrics" / "screen").glob("*.json"))
         clf = [rate(p) for p in clf_runs]
         n_clf = len(clf)
         clf_train = sum(c["train_seconds"] for c in clf)
         classifier = {"steps_per_s": round(sum(c["steps"] for c in clf) / max(clf_train, 1e-9), 2),
-                      "overhead_s": round((sum(stage_seconds[g] for g in ("train_real", "train_mix", "train_cas"))
+                      "overhead_s": round((sum(stage_seconds[g] for g in ("train_real", "train_control", "train_mix", "train_chosen", "train_cas"))
                                            - clf_train) / n_clf, 1), "runs": n_clf}
         gen = json.loads((work / "metrics" / "generator.json").read_text())
         measured = {"stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},

@@ -21,13 +21,14 @@ from runtime.live import dvclive_logger
 
 
 def fit_and_report(cfg: TrainConfig, train: LabelledImages, val: LabelledImages, test: LabelledImages,
-                   out_dir: Path, live_dir: Path | None = None, console: Console | None = None
-                   ) -> tuple[TrainResult, dict, torch.Tensor]:
-    """Train (resuming from out_dir/checkpoints), then evaluate the val-selected model on test."""
+                   out_dir: Path, live_dir: Path | None = None, console: Console | None = None,
+                   levers: dict | None = None) -> tuple[TrainResult, dict, torch.Tensor]:
+    """Train (resuming from out_dir/checkpoints), then evaluate the val-selected model on test.
+    levers: train_classifier's targets / weights / shared / batch_mix (classifiers/batches.py)."""
     console = console or Console(stderr=True)
     live, log = dvclive_logger(live_dir)
     t0 = time.perf_counter()
-    result = train_classifier(*train, *val, cfg, checkpoint_dir=out_dir / "checkpoints", log=log)
+    result = train_classifier(*train, *val, cfg, checkpoint_dir=out_dir / "checkpoints", log=log, **(levers or {}))
     wall = time.perf_counter() - t0
     test_probs = predict_proba(result.model, test.images, cfg)
     report = evaluate_predictions(test.labels, test_probs.argmax(1), seed=cfg.seed)

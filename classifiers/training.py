@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from classifiers.architectures import model_from_config
 from classifiers.augment import augment_batch, preprocess, tta_views
+from classifiers.batches import BatchMix, SharedSet, batch_targets, check_targets, levers_fingerprint, loss
 from classifiers.config import TrainConfig
 from classifiers.metrics import confusion_matrices, scores_from_confusion
 from runtime import checkpoint as ckpt
@@ -158,6 +159,52 @@ def _training_data(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor,
     return preprocess(images, cfg.augment.equalize), weights.to(device) if weights is not None else None, sample_p
 
 
+class _Batches:
+    """This rank's part of every step's batch: the training faces the epoch order names, and with a
+    shared set `per_batch` of its faces beside them (from their own endless stream of passes), then
+    augmented together, then mixed (mixup / CutMix). Yields (images, labels, targets, weights) on device."""
+
+    def __init__(self, cfg: TrainConfig, x_train: torch.Tensor, labels: torch.Tensor, targets, weights,
+                 shared: SharedSet | None, batch_mix: BatchMix | None, rank: int, world: int, device) -> None:
+        self.cfg, self.x, self.labels, self.targets, self.weights = cfg, x_train, labels, targets, weights
+        self.shared, self.rank, self.world, self.device = shared, rank, world, device
+        self.local = cfg.batch_size // world  # each rank's share of every global batch
+        self.x_shared = preprocess(shared.images, cfg.augment.equalize) if shared is not None else None
+        self.mix = batch_mix.transform() if batch_mix is not None else None
+        self.order = self.shared_order = None
+
+    def start_epoch(self, order: torch.Tensor, epoch: int, steps: int) -> None:
+        self.order = order
+        if self.shared is not None:  # stateless, like the step-budget order: a resumed run continues it
+            per = self.shared.per_batch
+            self.shared_order = stream_of_passes(len(self.shared.labels), epoch * steps * per, steps * per,
+                                                 seed=self.cfg.seed * 1009 + 4243)
+
+    def step(self, s: int, aug_gen: torch.Generator):
+        b, r = self.cfg.batch_size, self.rank
+        idx = self.order[s * b + r * self.local : s * b + (r + 1) * self.local]
+        x, y = self.x[idx], self.labels[idx]
+        t = self.targets[idx] if self.targets is not None else None
+        w = self.weights[idx] if self.weights is not None else None
+        if self.shared is not None:
+            x, y, t, w = self._with_shared(s, idx, x, y, t, w)
+        x = augment_batch(x, self.cfg.augment, aug_gen)
+        if self.mix is not None:  # torchvision's MixUp/CutMix: one-hot targets mixed like the images
+            x, t = self.mix(x, y)
+        return tuple(v.to(self.device, non_blocking=True) if v is not None else None for v in (x, y, t, w))
+
+    def _with_shared(self, s: int, idx, x, y, t, w):
+        sh, per = self.shared, self.shared.per_batch
+        lo, hi = per * self.rank // self.world, per * (self.rank + 1) // self.world  # this rank's part
+        sidx = self.shared_order[s * per + lo : s * per + hi]
+        t_own = batch_targets(y, t)
+        t_sh = batch_targets(sh.labels[sidx], sh.targets[sidx] if sh.targets is not None else None)
+        w_own = w if w is not None else torch.ones(len(idx))
+        w_sh = sh.weights[sidx] if sh.weights is not None else torch.ones(len(sidx))
+        return (torch.cat([x, self.x_shared[sidx]]), torch.cat([y, sh.labels[sidx]]), torch.cat([t_own, t_sh]),
+                torch.cat([w_own, w_sh]))
+
+
 def train_classifier(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
@@ -168,7 +215,15 @@ def train_classifier(
     checkpoint_dir: Path | None = None,
     log: Callable[[dict, int], None] | None = None,
     progress: bool = True,
+    targets: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    shared: SharedSet | None = None,
+    batch_mix: BatchMix | None = None,
 ) -> TrainResult:
+    """targets / weights / shared / batch_mix: the levers of classifiers/batches.py (all off: the classic loop)."""
+    check_targets(train_labels, targets, weights)
+    if batch_mix is not None and (targets is not None or shared is not None):
+        raise ValueError("mixup / CutMix mix hard labels of one set: not with soft targets or a shared set")
     rank, world, device = setup_training(cfg.device, cfg.threads)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
@@ -182,14 +237,17 @@ def train_classifier(
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = _optimizer(cfg, model)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=2) if cfg.schedule == "plateau" else None
-    n, local = len(train_labels), cfg.batch_size // world  # local: each rank's share of every global batch
+    n = len(train_labels)
     sched = _Schedule.of(cfg, n)
-    x_train, weights, sample_p = _training_data(cfg, train_images, train_labels, device)
+    x_train, class_w, sample_p = _training_data(cfg, train_images, train_labels, device)
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + 17)  # same order on every rank
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 101 + rank)
 
-    run = ResumableRun("classifier training", checkpoint_dir, run_fingerprint(cfg, train_images, train_labels, world),
-                       max_minutes=cfg.max_minutes, rank=rank, world=world, log=log)
+    batches = _Batches(cfg, x_train, train_labels, targets, weights, shared, batch_mix, rank, world, device)
+    fingerprint = run_fingerprint(cfg, train_images, train_labels, world,
+                                  **levers_fingerprint(targets, weights, shared, batch_mix))
+    run = ResumableRun("classifier training", checkpoint_dir, fingerprint, max_minutes=cfg.max_minutes, rank=rank,
+                       world=world, log=log)
     state = _State()
     restored = run.restore(complete=lambda tensors: all(f"rng.aug{r}" in tensors for r in range(world)))
     if restored is not None:
@@ -206,14 +264,12 @@ def train_classifier(
                 break
             t0 = time.perf_counter()
             net.train()
-            order = _epoch_order(cfg, n, epoch, sched, sample_p, gen)
+            batches.start_epoch(_epoch_order(cfg, n, epoch, sched, sample_p, gen), epoch, sched.steps_per_epoch)
             loss_sum = torch.zeros((), device=device)
             budget_hit, steps_done = False, 0
             for s in range(sched.steps_per_epoch):
-                idx = order[s * cfg.batch_size + rank * local : s * cfg.batch_size + (rank + 1) * local]
-                xb = augment_batch(x_train[idx], cfg.augment, aug_gen)
-                xb = xb.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                yb = train_labels[idx].to(device, non_blocking=True)
+                xb, yb, tb, wb = batches.step(s, aug_gen)
+                xb = xb.contiguous(memory_format=memory_format)
                 progress_frac = state.step / sched.total
                 if cfg.max_minutes is not None:  # a time budget compresses the schedule so it still anneals
                     used = run.budget_used()
@@ -222,7 +278,7 @@ def train_classifier(
                         break
                     progress_frac = max(progress_frac, used)
                 _set_lr(opt, cfg, state.step, progress_frac, sched, plateau)
-                loss_sum += _optimizer_step(net, opt, xb, yb, weights, cfg, amp)
+                loss_sum += _optimizer_step(net, opt, xb, yb, tb, wb, class_w, cfg, amp)
                 state.step, steps_done = state.step + 1, steps_done + 1
                 bar.update(task, advance=1)
             row = _end_of_epoch(model, cfg, state, epoch, float(loss_sum) / max(1, steps_done), val_images, val_labels,
@@ -244,13 +300,15 @@ def train_classifier(
     return TrainResult(final.eval(), state.history, state.best["epoch"], state.best["val"], run.elapsed(), stopped, state.step)
 
 
-def _optimizer_step(net, opt, xb: torch.Tensor, yb: torch.Tensor, weights, cfg: TrainConfig, amp: bool) -> torch.Tensor:
+def _optimizer_step(net, opt, xb: torch.Tensor, yb: torch.Tensor, tb, wb, class_w, cfg: TrainConfig,
+                    amp: bool) -> torch.Tensor:
     with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
-        loss = F.cross_entropy(net(xb), yb, weight=weights, label_smoothing=cfg.label_smoothing)
+        logits = net(xb)
+    batch_loss = loss(logits.float(), yb, tb, wb, class_w, cfg.label_smoothing)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    batch_loss.backward()
     opt.step()
-    return loss.detach()
+    return batch_loss.detach()
 
 
 def _end_of_epoch(model, cfg: TrainConfig, state: _State, epoch: int, train_loss: float, val_images, val_labels,

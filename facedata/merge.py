@@ -122,3 +122,10 @@ def merge(real: LabelledImages, synthetic: LabelledImages | None, mode: MergeMod
         "synthetic_index_sum": int(index.sum()),  # a cheap fingerprint of which images were used
     }
     return merged, info
+
+
+def largest_ratio(real_counts: list[int], available: list[int]) -> float:
+    """The largest ratio at which a proportional mix needs no more synthetic faces of any class than
+    `available` holds: a batch-share arm's pool, as large as it can be while following the real class mix."""
+    ratios = [a / r for r, a in zip(real_counts, available) if r > 0]
+    return min(ratios) if ratios else 0.0

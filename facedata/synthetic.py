@@ -45,3 +45,10 @@ def load_synthetic(directory: str | Path = "data/synthetic") -> tuple[LabelledIm
     data = LabelledImages(tensors["images"], tensors["labels"])
     check_images(*data)
     return data, tensors["seeds"]
+
+
+def load_sources(directory: str | Path = "data/synthetic") -> torch.Tensor | None:
+    """Per image, the index (into prepared real train) of the real face it is an edit of, -1 for a face
+    sampled from noise; None for a set with no edits recorded (every face sampled)."""
+    tensors = load_file(str(Path(directory) / DATA_FILE))
+    return tensors.get("sources")

@@ -221,6 +221,9 @@ class GenerateConfig(Section):
     counts: list[int] | None = None  # policy counts: 7 numbers, one per expression
     truncation: float | None = Field(None, gt=0)  # GAN: resample |z| components above this
     guidance_scale: float = Field(2.0, ge=0)  # diffusion: classifier-free guidance
+    mode: Literal["sample", "edit"] = "sample"  # edit (diffusion only): SDEdit real train faces toward the target expression
+    edit_strength: float = Field(0.5, gt=0, le=1)  # edit: share of the noise schedule the source is pushed into (t0)
+    edit_from: list[str] | None = None  # edit: expressions whose real faces are edited; null = every one but the target
     seed: int = Field(0, ge=0)  # image i gets z-seed seed * 10_000_000 + i
     batch_size: int = Field(256, ge=1)
     export_png: bool = False
@@ -233,4 +236,7 @@ class GenerateConfig(Section):
         if self.policy == "counts":
             if self.counts is None or len(self.counts) != len(EXPRESSIONS) or any(c < 0 for c in self.counts):
                 raise ValueError(f"policy 'counts' needs counts: {len(EXPRESSIONS)} numbers >= 0, one per expression")
+        unknown = [e for e in self.edit_from or [] if e not in EXPRESSIONS]
+        if unknown:
+            raise ValueError(f"edit_from: '{unknown[0]}' is not an expression ({', '.join(EXPRESSIONS)})")
         return self

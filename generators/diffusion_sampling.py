@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 from generators.config import DiffusionConfig
 from generators.diffusion_model import IMAGE_SIZE, NULL_CLASS, NUM_CLASSES, denoise, sampling_scheduler
-from generators.sampling import to_uint8
+from generators.sampling import to_generator_range, to_uint8
 from runtime import checkpoint as ckpt
 from runtime.errors import UserError
 
@@ -49,13 +49,43 @@ class DiffusionSampler:
             out[i : i + batch_size] = self._sample_batch(labels[i : i + batch_size], seeds[i : i + batch_size], scale, steps)
         return out
 
-    def _sample_batch(self, labels: torch.Tensor, seeds: torch.Tensor, scale: float, steps: int) -> torch.Tensor:
+    @torch.no_grad()
+    def edit(self, sources_uint8: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor, strength: float,
+             guidance_scale: float | None = None, num_inference_steps: int | None = None,
+             batch_size: int = 256) -> torch.Tensor:
+        """SDEdit (Meng et al. ICLR 2022): real face i is noised to the level `strength` of the way through
+        the schedule (0: untouched, 1: pure noise) with noise from seeds[i], then denoised toward the
+        expression labels[i] with classifier-free guidance. (source, label, seed, strength) regenerates it."""
+        labels, seeds = torch.as_tensor(labels).long().reshape(-1), torch.as_tensor(seeds).long().reshape(-1)
+        if not (labels.shape == seeds.shape and len(sources_uint8) == len(labels)):
+            raise ValueError("sources, labels and seeds must have the same length")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        scale = self.cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        steps = num_inference_steps or self.cfg.num_inference_steps
+        out = torch.zeros(labels.numel(), 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+        for i in range(0, labels.numel(), batch_size):
+            rows = slice(i, i + batch_size)
+            out[rows] = self._sample_batch(labels[rows], seeds[rows], scale, steps, sources_uint8[rows], strength)
+        return out
+
+    def _sample_batch(self, labels: torch.Tensor, seeds: torch.Tensor, scale: float, steps: int,
+                      sources: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+        """From pure noise, or (sources) from real faces noised to `strength` of the schedule."""
         device = self.device
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         x = torch.cat([torch.randn(1, 1, IMAGE_SIZE, IMAGE_SIZE, generator=g) for g in gens]).to(device)
         sched = sampling_scheduler(self.cfg)
         sched.set_timesteps(steps)
-        x = x * sched.init_noise_sigma
+        timesteps = sched.timesteps
+        if sources is None:
+            x = x * sched.init_noise_sigma
+        else:  # diffusers' img2img recipe: skip the first steps, noise the image to the first one kept
+            start = steps - max(1, round(steps * strength))
+            timesteps = timesteps[start:]
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(start)
+            x = sched.add_noise(to_generator_range(sources).to(device), x, timesteps[:1].repeat(len(x)))
         n = len(labels)
         if scale == 1:  # conditional only
             classes = labels
@@ -65,7 +95,7 @@ class DiffusionSampler:
             classes = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
         classes = classes.to(device)
         extra = {"eta": self.cfg.ddim_eta} if isinstance(sched, DDIMScheduler) else {}
-        for t in sched.timesteps:
+        for t in timesteps:
             xin = sched.scale_model_input(torch.cat([x, x]) if len(classes) > n else x, t)
             pred = self._unet_rows(xin, t, classes)
             if len(classes) > n:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from ablation.names import CONTROLS, REAL_ARMS  # torch-free: --help stays instant
 from pipelines.cli_common import DataOpt, JudgeOpt, ParamsOpt, app, choices, require_torchvision, user_errors
 
 
@@ -79,12 +80,13 @@ def generate(
 ) -> None:
     """Draw a labelled synthetic dataset (params `generate`); every image records its label and seed."""
     require_torchvision()
-    from facedata.prepared import load_manifest
+    from facedata.prepared import load_manifest, load_split
     from pipelines.config import load_section
     from pipelines.generate import run_generate
 
     cfg = load_section("generate", params)
-    manifest = run_generate(cfg, generator, load_manifest(data)["counts"]["train"], out)
+    real_train = load_split(data / "train.safetensors") if cfg.mode == "edit" else None
+    manifest = run_generate(cfg, generator, load_manifest(data)["counts"]["train"], out, real_train=real_train)
     typer.echo(f"generated {manifest['total']} images ({manifest['kind']}) -> {out}")
 
 
@@ -111,8 +113,7 @@ SeedOpt = Annotated[int, typer.Option(help="Training seed (replaces classifier.s
 SyntheticOpt = Annotated[Path | None, typer.Option(help="Synthetic set; default from ablation.synthetic (data/filtered or data/synthetic).")]
 RunOpt = Annotated[Path | None, typer.Option(help="Run folder; default runs/<arm>/s<seed>.")]
 RunMetricsOpt = Annotated[Path | None, typer.Option(help="Metrics JSON; default metrics/ablation/<arm>_s<seed>.json.")]
-# repeats ablation.arms.REAL_ARMS, which imports torch (--help must stay instant); tests/test_cli.py holds them equal
-RealArm = choices("RealArm", ("real", "no_augment"))
+RealArm = choices("RealArm", REAL_ARMS)
 
 
 def _arm_paths(name: str, seed: int, out: Path | None, metrics: Path | None) -> tuple[Path, Path]:
@@ -138,25 +139,77 @@ def train_real(
                    *_arm_paths(arm.value, seed, out, metrics))
 
 
+ScreenOpt = Annotated[int | None, typer.Option("--seed", help="Training seed; default ablation.screen_seed.", show_default=False)]
+Control = choices("Control", CONTROLS)
+Role = choices("Role", ("control", "mix"))
+
+
+@app.command("train-control")
+@user_errors
+def train_control(
+    control: Annotated[Control, typer.Option(help="distill (teacher's soft labels on real faces), mixup or cutmix.")],
+    seed: ScreenOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data/prepared"),
+    judge: JudgeOpt = Path("models/judge/model.safetensors"),
+    out: RunOpt = None,
+    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON; default metrics/screen/<control>.json.")] = None,
+) -> None:
+    """Screen one real-only control (same steps as every arm) on val; the report compares mixes with the best."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.train_control import run_train_control
+
+    abl = load_section("ablation", params)
+    seed = abl.screen_seed if seed is None else seed
+    run_train_control(control.value, seed, load_section("classifier", params), abl, data, judge,
+                      out or Path("runs/screen") / control.value, metrics or Path("metrics/screen") / f"{control.value}.json")
+
+
 @app.command("train-mix")
 @user_errors
 def train_mix(
-    ratio: Annotated[float, typer.Option(help="Synthetic:real ratio > 0, such as 0.5 (ablation.mode says how).")],
-    seed: SeedOpt = 0,
+    mix: Annotated[str, typer.Option(help="<hard|soft>-<r|s><amount>[-w<weight>], e.g. hard-r0.5 or soft-s0.25.")],
+    seed: ScreenOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     data: DataOpt = Path("data/prepared"),
     synthetic: SyntheticOpt = None,
+    judge: JudgeOpt = Path("models/judge/model.safetensors"),
+    out: RunOpt = None,
+    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON; default metrics/screen/<mix>.json.")] = None,
+) -> None:
+    """Screen real + synthetic faces for one mix (labels, pool ratio or batch share, weight) on val."""
+    require_torchvision()
+    from pipelines.config import load_section
+    from pipelines.train_mix import check_mix, run_train_mix
+
+    check_mix(mix)  # before reading any file
+    abl = load_section("ablation", params)
+    seed = abl.screen_seed if seed is None else seed
+    run_train_mix(mix, seed, load_section("classifier", params), abl, data, synthetic, judge,
+                  out or Path("runs/screen") / mix, metrics or Path("metrics/screen") / f"{mix}.json")
+
+
+@app.command("train-chosen")
+@user_errors
+def train_chosen(
+    role: Annotated[Role, typer.Option(help="control or mix: which of the screen's val choices to train.")],
+    seed: SeedOpt = 0,
+    params: ParamsOpt = Path("params.yaml"),
+    screen: Annotated[Path, typer.Option(help="The screen's metrics folder.")] = Path("metrics/screen"),
+    data: DataOpt = Path("data/prepared"),
+    synthetic: SyntheticOpt = None,
+    judge: JudgeOpt = Path("models/judge/model.safetensors"),
     out: RunOpt = None,
     metrics: RunMetricsOpt = None,
 ) -> None:
-    """Train real + synthetic faces at one ratio for one seed."""
+    """Train the control or mix the screen chose on val, on one confirmation seed."""
     require_torchvision()
     from pipelines.config import load_section
-    from pipelines.train_mix import check_ratio, run_train_mix
+    from pipelines.train_chosen import run_train_chosen
 
-    check_ratio(ratio)  # before reading any file
-    run_train_mix(ratio, seed, load_section("classifier", params), load_section("ablation", params), data, synthetic,
-                  *_arm_paths(f"r{ratio:g}", seed, out, metrics))
+    run_train_chosen(role.value, seed, load_section("classifier", params), load_section("ablation", params), screen,
+                     data, synthetic, judge, *_arm_paths(f"chosen_{role.value}", seed, out, metrics))
 
 
 @app.command("train-cas")

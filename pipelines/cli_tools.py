@@ -99,11 +99,12 @@ def export(
     params: ParamsOpt = Path("params.yaml"),
     generator: Annotated[Path, typer.Option(help="The generator that made the set.")] = Path("models/generator/generator.safetensors"),
     data: DataOpt = Path("data/prepared"),
+    allow_edits: Annotated[bool, typer.Option("--allow-edits", help="Publish edits of real people's faces too (generate.mode: edit); the datasheet then says so.")] = False,
 ) -> None:
     """Write the kept synthetic faces as an image folder and a FER2013-format CSV, with a datasheet."""
     from tools.export_dataset import run_export
 
-    run_export(filtered, quality_json, params, generator, data, out)
+    run_export(filtered, quality_json, params, generator, data, out, allow_edits)
 
 
 @app.command()

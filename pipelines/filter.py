@@ -14,7 +14,10 @@ Writes, each atomically:
 With `filter.cas_steps` > 0, quality.json also holds CAS (train on synthetic only, test on real)
 before and after filtering on equal per-class counts (quality/cas.py).
 Filters run in a fixed order and an image is charged to the first one it fails: degenerate,
-memorization, duplicate, label_fidelity, realism.
+memorization, unchanged (an edit of a real face too close to its source), duplicate, label_fidelity
+(below label_tau), too_confident (above label_tau_max: a confidence band), realism; then, with
+`selection: coverage`, each class's passing faces are cut to those that best cover the real faces.
+For edits, memorization measures the distance to every training face except the edit's own source.
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ from safetensors.torch import save
 
 from classifiers.judge import load_judge
 from facedata.prepared import load_prepared
-from facedata.synthetic import DATA_FILE, load_synthetic
+from facedata.synthetic import DATA_FILE, load_sources, load_synthetic
 from figures.grids import contact_sheet, pairs_sheet
 from quality import scores
 from quality.cas import cas_before_after
 from quality.config import FilterConfig
-from quality.decisions import REASONS, decide, refill
-from quality.neighbours import knn
+from quality.decisions import REASONS, decide, refill, select_for_coverage
+from quality.neighbours import knn, without_own_source
 from quality.perceptual import load_lpips
 from quality.readings import inception_reference, quality_readings
 from quality.scores import nearest_pixel_copy, nearest_real
@@ -66,6 +69,7 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
 
     real = load_prepared(data_dir)
     (fake, seeds) = load_synthetic(synthetic_dir)
+    sources = load_sources(synthetic_dir)  # edits of real faces: their source's index in real train
     judge = load_judge(judge_path)
     if cfg.judge_bf16 and judge.fast_inference_available():
         judge.use_channels_last()  # with bf16: 1.5-1.8x the faces/s of NCHW (benchmarks/bench_judge_features.py)
@@ -91,7 +95,10 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     }
     lap("realism_and_degenerate")
     # one feature-space shortlist of training faces per query set serves every memorization check
-    fake_short = knn(fake_feats, train_feats, k=cfg.lpips_top_k)
+    if sources is None:
+        fake_short = knn(fake_feats, train_feats, k=cfg.lpips_top_k)
+    else:  # an edit is near its own source by design: memorization asks about every other training face
+        fake_short = without_own_source(knn(fake_feats, train_feats, k=cfg.lpips_top_k + 1), sources)
     test_short = knn(test_feats, train_feats, k=cfg.lpips_top_k)
     s["nn_real_dist"], s["nn_real_index"] = nearest_real(fake_short, fake.images, train.images, lpips_fn)
     # test faces whose very pixels occur in train (FER2013 has such cross-split duplicates) are copies,
@@ -120,15 +127,20 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     false_rejection = {"real_test_faces": len(test_nn), "exact_copies_in_train": int(exact.sum()),
                        "rejected_excluding_exact_copies": round(float(test_memorized[~exact].double().mean()), 4)}
     s["duplicate"], s["nn_synthetic_dist"] = scores.near_duplicates(fake_feats, feature_threshold)
+    if sources is not None:
+        s["source_dist"], s["unchanged"] = scores.edit_change(fake.images, train.images, sources, cfg.edit_min_change)
 
     kept, reason = decide(cfg, s)
     kept, reason, warnings = refill(cfg, fake.labels, kept, reason, s["label_prob"])
+    kept, reason = select_for_coverage(cfg, fake.labels, kept, reason, fake_feats, train_feats, train.labels)
     for msg in warnings.values():
         console.print(f"[yellow]warning:[/] {msg}")
     kept_set = fake.subset(torch.nonzero(kept).flatten())
     lap("duplicates_and_decisions")
 
     col = {k: v.tolist() for k, v in s.items()}  # plain lists: no tensor indexing per row
+    if sources is not None:
+        col["sources"] = sources.tolist()
     labels, seed_list, kept_list = fake.labels.tolist(), seeds.tolist(), kept.tolist()
     rows = [{"id": i, "label": labels[i], "expression": EXPRESSIONS[labels[i]], "seed": seed_list[i],
              "label_prob": round(col["label_prob"][i], 5), "judge_pred": EXPRESSIONS[col["judge_pred"][i]],
@@ -136,7 +148,8 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
              "nn_real_index": col["nn_real_index"][i],
              "nn_pixel_dist": round(col["nn_pixel_dist"][i], 5) if "nn_pixel_dist" in col else "",
              "nn_synthetic_dist": round(col["nn_synthetic_dist"][i], 5),
-             "degenerate": col["degenerate"][i], "kept": kept_list[i], "reason": reason[i]}
+             "degenerate": col["degenerate"][i], "kept": kept_list[i], "reason": reason[i],
+             **({"source": col["sources"][i], "source_dist": round(col["source_dist"][i], 5)} if sources is not None else {})}
             for i in range(len(fake))]
     rejected = {name: {e: 0 for e in EXPRESSIONS} for name in REASONS}
     for r in rows:
@@ -183,8 +196,9 @@ def run_filter(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pat
     summary = {k: quality[k] for k in ("n_generated", "n_kept", "kept_per_class", "memorization_threshold",
                                        "memorization_distance", "rejected")}
     with atomic.atomic_dir(out_dir) as tmp:
+        extra = {"sources": sources[kept].contiguous()} if sources is not None else {}
         (tmp / DATA_FILE).write_bytes(save({"images": kept_set.images.contiguous(), "labels": kept_set.labels.contiguous(),
-                                            "seeds": seeds[kept].contiguous()}))  # not save_file: it writes 0600
+                                            "seeds": seeds[kept].contiguous(), **extra}))  # not save_file: it writes 0600
         (tmp / "manifest.csv").write_text(_manifest_csv(rows))
         atomic.write_json(tmp / "manifest.json", {**summary, "source": str(synthetic_dir), "config": quality["config"]})
     contact_sheet(fake.images, fake.labels, kept, cfg.contact_per_class, plots_dir / "kept_rejected.png")

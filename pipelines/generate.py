@@ -6,8 +6,16 @@ count) or `counts` (7 numbers). Image i, in file order, is drawn from z-seed
 `seed * 10_000_000 + i`, so with the generator file (its sha256 is in the manifest), its label and
 its seed any image can be regenerated exactly.
 
+With `mode: edit` (diffusion only) every image is instead an SDEdit of a real training face toward its
+target expression: sources come from the real train faces of `edit_from` (default: every expression
+but the target), drawn by a seeded permutation; image i records its source (an index into
+data/prepared/train.safetensors), and (generator, source, label, seed, strength) regenerates it.
+Edits derive from real people's faces: the manifest says so, and `fersynth export` refuses them
+unless told otherwise.
+
 Output folder (written atomically as a whole):
-  synthetic.safetensors   images uint8 N x 1 x 48 x 48, labels int64 N, seeds int64 N
+  synthetic.safetensors   images uint8 N x 1 x 48 x 48, labels int64 N, seeds int64 N (and, for
+                          edits, sources int64 N)
   manifest.json           generator kind, path and sha256, policy, per-class counts, seed rule and
                           range, truncation / guidance scale
   png/<expression>/<i>.png              (export_png) one grayscale PNG per image
@@ -16,6 +24,7 @@ Output folder (written atomically as a whole):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -62,15 +71,39 @@ def seeds_for(cfg: GenerateConfig, n: int) -> torch.Tensor:
     return cfg.seed * SEED_STRIDE + torch.arange(n, dtype=torch.int64)
 
 
+def edit_sources(cfg: GenerateConfig, labels: torch.Tensor, real_labels: torch.Tensor) -> torch.Tensor:
+    """For each image (target labels[i]), the index of the real train face it edits: per target class, a
+    seeded permutation of the allowed real faces (edit_from, never the target's own class), cycled."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    allowed = [EXPRESSIONS.index(e) for e in cfg.edit_from] if cfg.edit_from else list(range(len(EXPRESSIONS)))
+    sources = torch.empty(len(labels), dtype=torch.int64)
+    for c in range(len(EXPRESSIONS)):
+        rows = torch.nonzero(labels == c).flatten()
+        if not len(rows):
+            continue
+        pool = torch.nonzero(torch.isin(real_labels, torch.tensor([k for k in allowed if k != c]))).flatten()
+        if not len(pool):
+            raise UserError(f"generate: no real train face to edit toward {EXPRESSIONS[c]} (generate.edit_from: "
+                            f"{cfg.edit_from}); allow other expressions or set its count to 0")
+        order = pool[torch.randperm(len(pool), generator=g)]
+        sources[rows] = order.repeat(math.ceil(len(rows) / len(order)))[: len(rows)]
+    return sources
+
+
 def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_counts: Sequence[int] | Mapping[str, int],
-                 out_dir: Path = Path("data/synthetic"), progress: bool = True) -> dict:
-    """Draw the synthetic set and write it (and the exports) to out_dir atomically; returns the manifest."""
+                 out_dir: Path = Path("data/synthetic"), progress: bool = True, real_train=None) -> dict:
+    """Draw the synthetic set and write it (and the exports) to out_dir atomically; returns the manifest.
+    real_train: the prepared train split (LabelledImages), needed by `mode: edit`."""
     generator_path = Path(generator_path)
     sampler = load_sampler(generator_path)
+    if gen_cfg.mode == "edit" and not hasattr(sampler, "edit"):
+        raise UserError(f"generate.mode: edit needs a diffusion generator (generator.kind: diffusion); {generator_path} "
+                        f"is a {sampler.kind}, which cannot start from a real face. Use mode: sample")
     counts = class_counts(gen_cfg, real_train_counts)
     labels = torch.repeat_interleave(torch.arange(len(EXPRESSIONS)), torch.tensor(counts, dtype=torch.int64))
     seeds = seeds_for(gen_cfg, len(labels))
     knob = KINDS[sampler.kind].sample_options(gen_cfg)  # truncation (GAN) or guidance_scale (diffusion)
+    sources = edit_sources(gen_cfg, labels, real_train.labels) if gen_cfg.mode == "edit" else None
 
     images = torch.empty(len(labels), 1, 48, 48, dtype=torch.uint8)
     chunk = max(gen_cfg.batch_size, 1)
@@ -80,7 +113,11 @@ def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_count
         task = bar.add_task("generate", total=len(labels))
         for start in range(0, len(labels), chunk):
             end = min(start + chunk, len(labels))
-            images[start:end] = sampler.sample(labels[start:end], seeds[start:end], batch_size=chunk, **knob)
+            if sources is None:
+                images[start:end] = sampler.sample(labels[start:end], seeds[start:end], batch_size=chunk, **knob)
+            else:
+                images[start:end] = sampler.edit(real_train.images[sources[start:end]], labels[start:end],
+                                                 seeds[start:end], gen_cfg.edit_strength, batch_size=chunk, **knob)
             bar.update(task, advance=end - start)
     check_images(images, labels)
 
@@ -95,12 +132,17 @@ def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_count
         "seeds": {"rule": f"image i (file order) has z-seed {gen_cfg.seed} * {SEED_STRIDE} + i",
                   "first": int(seeds[0]) if len(seeds) else None, "last": int(seeds[-1]) if len(seeds) else None},
         **knob,
+        "mode": gen_cfg.mode,
+        **({"edit": {"strength": gen_cfg.edit_strength, "edit_from": gen_cfg.edit_from or "every expression but the target",
+                     "sources": "index into the prepared train split (data/prepared/train.safetensors)"},
+            "derived_from_real_faces": True} if sources is not None else {"derived_from_real_faces": False}),
         "config": gen_cfg.to_dict(),
         "files": [DATA_FILE] + (["png/"] if gen_cfg.export_png else []) + ([CSV_FILE] if gen_cfg.export_csv else []),
     }
     with atomic.atomic_dir(out_dir) as tmp:
+        extra = {"sources": sources.contiguous()} if sources is not None else {}
         (tmp / DATA_FILE).write_bytes(save({"images": images.contiguous(), "labels": labels.contiguous(),
-                                            "seeds": seeds.contiguous()}))  # not save_file: it writes 0600
+                                            "seeds": seeds.contiguous(), **extra}))  # not save_file: it writes 0600
         if gen_cfg.export_png:
             export_png(images, labels, tmp / "png")
         if gen_cfg.export_csv:

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 
 from ablation.config import AblationConfig
-from ablation.figures import gradcam_figures, plot_gain_heatmap, plot_vs_ratio, write_plot_csvs
+from ablation.figures import gradcam_figures, plot_by_arm, plot_gain_heatmap, plot_screen, write_plot_csvs
 from ablation.render import render_html, render_markdown, verdict
-from ablation.statistics import arm_statistics, best_arm_on_val, load_runs, shortfall_note
+from ablation.selection import choose, screen_results
+from ablation.statistics import (arm_statistics, best_arm_on_val, best_control_on_val, load_runs, screen_table,
+                                 shortfall_note)
 from facedata.prepared import load_split
 from facedata.synthetic import load_synthetic
 from figures.charts import plot_confusion
@@ -48,21 +50,28 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if Path(path).is_file() else {}
 
 
-def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation"), quality_path: Path = Path("metrics/quality.json"),
+def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation"), screen_dir: Path = Path("metrics/screen"),
+               quality_path: Path = Path("metrics/quality.json"),
                generator_metrics: Path = Path("metrics/generator.json"), judge_metrics: Path = Path("metrics/judge.json"),
                data_dir: Path = Path("data/prepared"), synthetic_dir: Path = Path("data/synthetic"),
                filtered_dir: Path = Path("data/filtered"), out_dir: Path = Path("reports"),
                summary_metrics: Path = Path("metrics/ablation.json")) -> dict:
-    runs = load_runs(metrics_dir)
+    runs = load_runs(metrics_dir, abl.seeds)
     table = arm_statistics(runs, abl.n_boot)
-    best = best_arm_on_val(table)
+    best, control = best_arm_on_val(table), best_control_on_val(table)
+    screen = screen_results(screen_dir, abl)
+    choices = {role: choose(role, screen, abl) for role in ("control", "mix")}
+    screened = screen_table(screen, choices)
     quality, generator, judge = _read_json(quality_path), _read_json(generator_metrics), _read_json(judge_metrics)
     prepared = _read_json(Path(data_dir) / "manifest.json")
     fig_dir = Path(out_dir) / "figures"
     figures = {}
     for metric in ("accuracy", "macro_f1"):
-        plot_vs_ratio(table, metric, fig_dir / f"{metric}_vs_ratio.png", best)
-        figures[f"{metric}_vs_ratio"] = fig_dir / f"{metric}_vs_ratio.png"
+        plot_by_arm(table, metric, fig_dir / f"{metric}_by_arm.png", best, control)
+        figures[f"{metric}_by_arm"] = fig_dir / f"{metric}_by_arm.png"
+    plot_screen(screened, fig_dir / "screen.png")
+    if (fig_dir / "screen.png").is_file():
+        figures["screen"] = fig_dir / "screen.png"
     plot_gain_heatmap(table, fig_dir / "per_class_gain.png")
     if (fig_dir / "per_class_gain.png").is_file():
         figures["per_class_gain"] = fig_dir / "per_class_gain.png"
@@ -80,6 +89,10 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
 
     summary = {
         "best_arm_on_val": best,
+        "best_control_on_val": control,
+        "screen_seed": abl.screen_seed,
+        "screen_choices": choices,
+        "screen": screened,
         "data": {"source": prepared.get("source"), "real_fraction": (prepared.get("params") or {}).get("real_fraction"),
                  "train": sum((prepared.get("counts") or {}).get("train", {}).values()), "files_sha256": prepared.get("files")},
         "arms": {a: {k: v for k, v in r.items() if k != "confusion_sum"} for a, r in table.items()},
@@ -90,6 +103,7 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
            for when in ("before", "after")},
         "generator": {k: generator.get(k) for k in ("kind", "gan_test", "kid", "steps", "train_minutes", "steps_per_s")},
         "judge_test_accuracy": (judge.get("test") or {}).get("accuracy"),
+        "real_test_accuracy": table["real"]["accuracy"]["mean"],
         "hardware": runs["real"][0].get("hardware"),
         "wall_minutes": {"classifiers": round(sum(r["train_minutes"] for r in table.values()), 2),
                          "generator": generator.get("train_minutes")},
@@ -101,9 +115,12 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
     atomic.write_text(Path(out_dir) / "summary.md", md)
     atomic.write_text(Path(out_dir) / "index.html", page)
     atomic.write_json(Path(out_dir) / "summary.json", summary)  # every number of the page, for scripts
-    atomic.write_json(summary_metrics, {"best_arm_on_val": best, "verdict": verdict(table, best),
+    atomic.write_json(summary_metrics, {"best_arm_on_val": best, "best_control_on_val": control,
+                                        "verdict": verdict(table, best),
                                         **{a: {"accuracy": r["accuracy"]["mean"], "macro_f1": r["macro_f1"]["mean"],
-                                               "accuracy_gain_vs_real": r.get("vs_real", {}).get("accuracy", {}).get("difference")}
+                                               "accuracy_gain_vs_real": r.get("vs_real", {}).get("accuracy", {}).get("difference"),
+                                               "accuracy_gain_vs_best_control":
+                                                   (r.get("vs_best_control", {}).get("accuracy") or {}).get("difference")}
                                            for a, r in table.items()}})
     print(verdict(table, best))
     print(f"report: {Path(out_dir) / 'index.html'}")

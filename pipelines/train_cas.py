@@ -12,4 +12,4 @@ from classifiers.config import TrainConfig
 
 def run_train_cas(seed: int, clf_cfg: TrainConfig, abl: AblationConfig, data_dir: Path, synthetic_dir: Path | None,
                   out_dir: Path, metrics_path: Path) -> dict:
-    return run_arm("synthetic_only", seed, clf_cfg, abl, data_dir, synthetic_dir, out_dir, metrics_path)
+    return run_arm("synthetic_only", seed, clf_cfg, abl, data_dir, synthetic_dir, None, out_dir, metrics_path)

@@ -1,4 +1,5 @@
-"""Stage `train_mix`: real train plus synthetic faces at one synthetic:real ratio (`ablation.mode`), one seed."""
+"""Stage `train_mix` (screen): real train plus synthetic faces for one mix (ablation/names.py: labels,
+pool ratio or batch share, loss weight), at the screen seed."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ from pathlib import Path
 
 from ablation.arms import run_arm
 from ablation.config import AblationConfig
+from ablation.names import parse_mix
 from classifiers.config import TrainConfig
 from runtime.errors import UserError
 
 
-def check_ratio(ratio: float) -> None:
-    if not ratio > 0:
-        raise UserError(f"--ratio {ratio:g}: a synthetic:real ratio must be > 0 (r = 0 is the real arm: fersynth train-real)")
+def check_mix(name: str) -> None:
+    try:
+        parse_mix(name)
+    except ValueError as e:
+        raise UserError(f"--mix {e}") from None
 
 
-def run_train_mix(ratio: float, seed: int, clf_cfg: TrainConfig, abl: AblationConfig, data_dir: Path,
-                  synthetic_dir: Path | None, out_dir: Path, metrics_path: Path) -> dict:
-    check_ratio(ratio)
-    return run_arm(f"{ratio:g}", seed, clf_cfg, abl, data_dir, synthetic_dir, out_dir, metrics_path)
+def run_train_mix(name: str, seed: int, clf_cfg: TrainConfig, abl: AblationConfig, data_dir: Path,
+                  synthetic_dir: Path | None, judge_path: Path, out_dir: Path, metrics_path: Path) -> dict:
+    check_mix(name)
+    return run_arm(name, seed, clf_cfg, abl, data_dir, synthetic_dir, judge_path, out_dir, metrics_path,
+                   extra={"role": "screen"})

@@ -12,4 +12,4 @@ from classifiers.config import TrainConfig
 
 def run_train_real(arm: str, seed: int, clf_cfg: TrainConfig, abl: AblationConfig, data_dir: Path, out_dir: Path,
                    metrics_path: Path) -> dict:
-    return run_arm(arm, seed, clf_cfg, abl, data_dir, None, out_dir, metrics_path)
+    return run_arm(arm, seed, clf_cfg, abl, data_dir, None, None, out_dir, metrics_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from runtime.config import Section
@@ -12,6 +14,9 @@ class FilterConfig(Section):
 
     label_fidelity: bool = True
     label_tau: float = Field(0.5, ge=0, le=1)  # keep if the judge's calibrated p(conditioning label) >= tau
+    label_tau_max: float = Field(1.0, ge=0, le=1)  # ... and <= this: a confidence band (1 = no upper bound)
+    selection: Literal["confidence", "coverage"] = "confidence"  # coverage: per class, keep coverage_keep of the
+    coverage_keep: float = Field(0.5, gt=0, le=1)  # passing faces, picked for coverage of real faces (judge features)
     realism: bool = True
     realism_tau: float = Field(0.7, ge=0)  # keep if realism score >= tau (>= 1: inside the real manifold)
     realism_k: int = Field(3, ge=1)
@@ -21,6 +26,7 @@ class FilterConfig(Section):
     pixel_copies: bool = True  # memorization also in pixels: shift-tolerant RMS of standardised faces on the shortlist
     pixel_max_shift: int = Field(2, ge=0, le=8)  # pixels of shift a copy may have
     duplicates: bool = True  # synthetic near-duplicates of each other (same threshold)
+    edit_min_change: float = Field(0.2, ge=0)  # an edit of a real face closer to its source than this (standardised pixel RMS; unrelated faces ~1.4) is 'unchanged'
     degenerate: bool = True
     min_std: float = Field(4.0, ge=0)  # pixel std below this: a flat image
     max_saturated: float = Field(0.5, gt=0, le=1)  # share of 0/255 pixels above this: saturated

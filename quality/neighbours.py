@@ -46,3 +46,11 @@ def kth_radius(features: Tensor, k: int) -> Tensor:
     """Distance from each point to its k-th nearest other point in the same set (k-NN ball radius)."""
     d, _ = knn(features, features, k, exclude_self=True)
     return d[:, -1]
+
+
+def without_own_source(shortlist: tuple[Tensor, Tensor], sources: Tensor) -> tuple[Tensor, Tensor]:
+    """A k+1 shortlist cut to k, each query's own source (index `sources[i]`, -1 for none) dropped."""
+    d, idx = shortlist
+    d = d.masked_fill(idx == sources[:, None], float("inf"))
+    order = d.argsort(dim=1, stable=True)[:, : d.shape[1] - 1]
+    return d.gather(1, order), idx.gather(1, order)

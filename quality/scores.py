@@ -174,3 +174,14 @@ def nearest_pixel_copy(shortlist_index: torch.Tensor, fake_uint8: torch.Tensor, 
                                        real_uint8[rows.flatten()], max_shift)
         out.append(d.view(n, k).min(1).values)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def edit_change(edits_uint8: Tensor, real_uint8: Tensor, sources: Tensor, min_change: float) -> tuple[Tensor, Tensor]:
+    """(distance to own source, unchanged) per image: the standardised pixel RMS between an edit and the
+    real face it was made from (no shift: an edit keeps its source's pose), and whether that is below
+    min_change. Faces sampled from noise (source -1) get distance nan and are never unchanged."""
+    dist = torch.full((len(sources),), float("nan"))
+    rows = torch.nonzero(sources >= 0).flatten()
+    if len(rows):
+        dist[rows] = pixel_copy_distance(edits_uint8[rows], real_uint8[sources[rows]], max_shift=0)
+    return dist, torch.nan_to_num(dist, nan=float("inf")) < min_change

@@ -59,21 +59,23 @@ def test_ablation_arm_commands_refuse_arms_of_another_stage(tmp_path):
     """train-real takes only the real-data arms, train-mix only a ratio > 0: one line, exit 2, nothing written."""
     real = runner.invoke(app, ["train-real", "--arm", "0.5", "--out", str(tmp_path / "run")])
     assert real.exit_code == 2 and "'0.5' is not one of" in real.stderr and "'no_augment'" in real.stderr
-    mix = runner.invoke(app, ["train-mix", "--ratio", "0", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "run")])
+    mix = runner.invoke(app, ["train-mix", "--mix", "soft-r0", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "run")])
     assert mix.exit_code == 2, mix.output
     assert mix.stderr.strip().splitlines() == [mix.stderr.strip()] and "must be > 0" in mix.stderr
+    share = runner.invoke(app, ["train-mix", "--mix", "soft-s1", "--params", str(tmp_path / "none.yaml")])
+    assert share.exit_code == 2 and "between 0 and 1" in share.stderr
+    typo = runner.invoke(app, ["train-mix", "--mix", "sof-r1", "--params", str(tmp_path / "none.yaml")])
+    assert typo.exit_code == 2 and "hard-r0.5" in typo.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_choice_lists_match_the_modules_they_repeat():
     import pipelines.cli
-    from ablation.arms import REAL_ARMS
     from classifiers.augment import TTA_MODES
     from facedata.prepared import SPLITS
     from runtime.labels import EXPRESSIONS
 
     assert cli.SPLITS == SPLITS and cli.TTA_MODES == TTA_MODES
-    assert tuple(a.value for a in pipelines.cli.RealArm) == REAL_ARMS
     assert [t.value for t in pipelines.cli_tools.Target] == ["true", "predicted", *EXPRESSIONS]
 
 

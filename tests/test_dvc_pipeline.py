@@ -26,7 +26,10 @@ TINY = {
                                          "checkpoint_every": 2, "threads": 2, "max_minutes": None}},
     "generate": {"per_class": 12},
     "filter": {"inception": False},  # the demo's own thresholds; Inception: test_filter
-    "ablation": {"real_arms": ["real", "no_augment"], "ratios": [0.5], "seeds": [0, 1], "n_boot": 200},
+    # one seed: real, no_augment, the distill control and a soft batch-share mix (both need the teacher), the two
+    # chosen arms and CAS
+    "ablation": {"real_arms": ["real", "no_augment"], "controls": ["distill"], "mixes": ["soft-s0.25"], "seeds": [0],
+                 "n_boot": 200},
 }
 
 
@@ -67,15 +70,20 @@ def test_repro_is_incremental(tmp_path):
     first = _run(tmp_path, "dvc", "repro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage_output in ("metrics/generator.json", "data/filtered/manifest.csv", "metrics/quality.json",
-                         "metrics/ablation/r0.5_s1.json", "metrics/ablation/synthetic_only_s0.json",
-                         "metrics/ablation/no_augment_s1.json",
+                         "metrics/screen/soft-s0.25.json", "metrics/screen/distill.json",
+                         "metrics/ablation/chosen_mix_s0.json", "metrics/ablation/chosen_control_s0.json",
+                         "metrics/ablation/synthetic_only_s0.json", "metrics/ablation/no_augment_s0.json",
                          "metrics/ablation.json", "reports/index.html", "reports/summary.md", "reports/summary.json",
                          "reports/figures/gradcam_real.png", "reports/figures/samples.png"):
         assert (tmp_path / stage_output).is_file(), stage_output
     quality = json.loads((tmp_path / "metrics/quality.json").read_text())
     assert quality["config"]["label_tau"] == 0.5 and quality["config"]["realism_tau"] == 0.7
     assert 0 < quality["n_kept"] < quality["n_generated"], quality["rejected"]  # the filter decided something
-    assert "no_augment" in json.loads((tmp_path / "metrics/ablation.json").read_text())
+    summary = json.loads((tmp_path / "metrics/ablation.json").read_text())
+    assert "no_augment" in summary and "distill" in summary and summary["best_control_on_val"] in summary
+    chosen = json.loads((tmp_path / "metrics/ablation/chosen_mix_s0.json").read_text())
+    assert chosen["arm"] == "soft-s0.25" and chosen["merge"]["mode"] == "batch_share" and chosen["seed"] == 0
+    assert json.loads((tmp_path / "metrics/screen/soft-s0.25.json").read_text())["seed"] == 100
     page = (tmp_path / "reports/index.html").read_text()
     body = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page.split("<body>")[1])  # base64 can spell "http"
     assert page.count("data:image/png;base64,") >= 5 and "http" not in body  # self-contained
@@ -88,7 +96,8 @@ def test_repro_is_incremental(tmp_path):
     third = _run(tmp_path, "dvc", "repro")
     assert third.returncode == 0, third.stderr[-3000:]
     ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"train_real@real-0", "train_real@no_augment-1", "train_mix@0.5-1", "train_cas@0", "report"} <= ran, ran
+    assert {"train_real@real-0", "train_real@no_augment-0", "train_control@distill", "train_mix@soft-s0.25",
+            "train_chosen@mix-0", "train_chosen@control-0", "train_cas@0", "report"} <= ran, ran
     assert not ran & {"prepare", "train_judge", "train_generator", "generate", "filter"}, ran
 
     # --temp runs in a copy under .dvc/tmp/exps, like every queued experiment: what it does not hand
@@ -121,6 +130,6 @@ def test_repro_is_incremental(tmp_path):
     assert applied.returncode == 0, applied.stderr[-3000:]
     applied_metrics = json.loads((tmp_path / "metrics/ablation.json").read_text())
     assert applied_metrics["best_arm_on_val"] == ablation["best_arm_on_val"]  # (exp show leaves out nulls)
-    assert all(applied_metrics[arm]["accuracy"] == ablation[arm]["accuracy"] for arm in ("real", "r0.5", "synthetic_only"))
+    assert all(applied_metrics[arm]["accuracy"] == ablation[arm]["accuracy"] for arm in ("real", "soft-s0.25", "synthetic_only"))
     assert (tmp_path / "reports/index.html").is_file() and (tmp_path / "reports/figures/samples.png").is_file()
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["classifier"]["lr"] == 0.03

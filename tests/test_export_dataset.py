@@ -97,3 +97,18 @@ def test_export_refuses_a_generator_that_did_not_draw_the_set(chain):
     assert result.exit_code == 2, result.output
     assert "generator.safetensors" in result.output and "did not draw" in result.output
     assert not Path("export").exists()
+
+
+def test_export_refuses_edits_of_real_faces_unless_allowed_and_then_says_so(chain):
+    """A set holding SDEdit edits (sources recorded) keeps real people's identities: refused by default."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path("data/filtered/synthetic.safetensors")
+    tensors = load_file(str(path))
+    tensors["sources"] = torch.arange(len(tensors["labels"]))  # as if each face were an edit of real face i
+    save_file(tensors, str(path))
+    refused = invoke("export", "--out", "export")
+    assert refused.exit_code == 2 and "edits of real people's faces" in refused.output and "--allow-edits" in refused.output
+    assert not Path("export").exists()
+    ok("export", "--out", "export", "--allow-edits")
+    assert "## Derived from real people's faces" in Path("export/DATASHEET.md").read_text()

@@ -15,6 +15,7 @@ from classifiers.config import TrainConfig
 from classifiers.judge import Judge
 from facedata.prepared import LabelledImages, save_split
 from facedata.sources.demo_faces import draw_demo_faces
+from facedata.synthetic import load_sources
 from pipelines.filter import run_filter
 from quality.config import FilterConfig
 from quality.inception import HOW_TO_INSTALL, weights_path
@@ -163,3 +164,34 @@ def test_cas_before_and_after_filtering_lands_in_quality_json_and_the_report_tab
     assert "cas_before_after" in q["seconds"]
     row = next(r for r in quality_table_md(q) if r.startswith("| CAS accuracy"))
     assert str(cas_accuracy(q, "before")) in row and "after − before" in row
+
+
+def test_edits_near_their_own_source_are_not_copies_but_unchanged_ones_are_rejected(world, tmp_path):
+    """An edit of a real face is near that face by design: memorization measures the distance to every
+    other training face, and an edit too close to its own source is rejected as unchanged."""
+    from facedata.prepared import load_split
+
+    root, prepared, _, judge_path = world
+    train = load_split(prepared / "train.safetensors")
+    g = torch.Generator().manual_seed(0)
+    mild = (train.images[10:20].float() + 12 * torch.randn(10, 1, 48, 48, generator=g)).clamp(0, 255).to(torch.uint8)
+    images = torch.cat([train.images[:3], mild, train.images[30:31]])
+    sources = torch.tensor([0, 1, 2, *range(10, 20), 40])  # the last is a copy of face 30, edited "from" face 40
+    labels = (train.labels[sources] + 1) % 7
+    for name, extra in (("as_samples", {}), ("as_edits", {"sources": sources})):
+        (tmp_path / name).mkdir()
+        save_file({"images": images, "labels": labels, "seeds": torch.arange(len(images)), **extra},
+                  str(tmp_path / name / "synthetic.safetensors"))
+    reasons = {}
+    for name in ("as_samples", "as_edits"):
+        run_filter(FilterConfig(label_fidelity=False, realism=False, min_keep_fraction=0.0, lpips=False, inception=False,
+                                duplicates=False), prepared, tmp_path / name, judge_path, tmp_path / f"f_{name}",
+                   tmp_path / f"q_{name}.json", tmp_path / "plots")
+        rows = list(csv.DictReader(open(tmp_path / f"f_{name}" / "manifest.csv")))
+        reasons[name] = [r["reason"] for r in rows]
+    assert reasons["as_samples"][3:13].count("memorization") >= 8  # mild edits ARE close to a training face ...
+    assert reasons["as_edits"][:3] == ["unchanged"] * 3  # ... untouched sources are unchanged edits
+    assert "memorization" not in reasons["as_edits"][3:13]  # ... but their closeness to their own source is by design
+    assert reasons["as_edits"][13] == "memorization"  # a copy of someone other than its source is still a copy
+    kept = load_sources(tmp_path / "f_as_edits")
+    assert kept is not None and set(kept.tolist()) <= set(sources.tolist())

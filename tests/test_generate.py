@@ -140,3 +140,36 @@ def test_generate_with_a_diffusion_generator(tmp_path):
     assert data.labels.tolist() == [0, 3, 3, 6] and data.images.dtype == torch.uint8
     again = load_sampler(path).sample(data.labels[2:3], seeds[2:3], guidance_scale=1.5)
     assert torch.equal(again[0], data.images[2])
+
+
+def test_edit_mode_records_sources_and_regenerates_and_the_gan_refuses(gan_path, tmp_path):
+    pytest.importorskip("diffusers")
+    from facedata.prepared import LabelledImages
+    from facedata.sources.demo_faces import draw_demo_faces
+    from facedata.synthetic import load_sources
+    from generators.config import DiffusionConfig
+    from generators.diffusion_model import build_unet
+    from generators.diffusion_sampling import save_diffusion_sampler
+
+    real = LabelledImages(*draw_demo_faces([4, 4, 4, 20, 4, 4, 20], seed=5))
+    cfg = DiffusionConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
+                          attention_head_dim=8, num_inference_steps=4, sample_unet_batch=8, device="cpu")
+    torch.manual_seed(0)
+    path = tmp_path / "generator.safetensors"
+    save_diffusion_sampler(path, build_unet(cfg).eval(), cfg)
+    gen_cfg = GenerateConfig(policy="counts", counts=[3, 2, 0, 0, 0, 0, 0], mode="edit", edit_strength=0.5,
+                             edit_from=["happy", "neutral"])
+    manifest = run_generate(gen_cfg, path, REAL, tmp_path / "edits", progress=False, real_train=real)
+    data, seeds = load_synthetic(tmp_path / "edits")
+    sources = load_sources(tmp_path / "edits")
+    assert manifest["mode"] == "edit" and manifest["derived_from_real_faces"] is True
+    assert data.labels.tolist() == [0, 0, 0, 1, 1]
+    assert set(real.labels[sources].tolist()) <= {3, 6}  # happy and neutral faces, edited toward angry/disgust
+    again = load_sampler(path).edit(real.images[sources[3:4]], data.labels[3:4], seeds[3:4], 0.5, guidance_scale=2.0)
+    assert torch.equal(again[0], data.images[3])
+    sampled = run_generate(GenerateConfig(policy="counts", counts=[1, 0, 0, 0, 0, 0, 0]), path, REAL,
+                           tmp_path / "sampled", progress=False)
+    assert sampled["derived_from_real_faces"] is False and load_sources(tmp_path / "sampled") is None
+    with pytest.raises(UserError, match="diffusion generator") as e:
+        run_generate(gen_cfg, gan_path, REAL, tmp_path / "gan", progress=False, real_train=real)
+    assert "\n" not in str(e.value) and not (tmp_path / "gan").exists()

@@ -74,9 +74,8 @@ def test_ratio_zero_is_real_and_missing_synthetic_is_an_error():
 
 
 def test_no_augment_arm_switches_off_training_ops_but_keeps_preprocessing():
-    from ablation.arms import no_augment, parse_arm
+    from ablation.arms import no_augment
     from classifiers.config import TrainConfig
 
     off = no_augment(TrainConfig(augment={"equalize": True, "pad_mode": "zeros"})).augment
     assert not off.any_enabled and off.equalize and off.pad_mode == "zeros"
-    assert parse_arm("0.5") == ("mix", 0.5) and parse_arm("0") == ("real", 0.0)

@@ -96,7 +96,9 @@ def test_dvc_parses_the_pipeline_with_every_params_file(path, tmp_path):
     names = set(listed.stdout.split())
     raw = yaml.safe_load((REPO / path).read_text())["ablation"]
     assert {f"train_real@{arm}-{seed}" for arm in raw["real_arms"] for seed in raw["seeds"]} <= names
-    assert len([n for n in names if n.startswith("train_mix@")]) == len(raw["ratios"]) * len(raw["seeds"])
+    assert {f"train_mix@{m}" for m in raw["mixes"]} | {f"train_control@{c}" for c in raw["controls"]} <= names
+    assert {f"train_chosen@{role}-{seed}" for role in ("control", "mix") for seed in raw["seeds"]} <= names
+    assert {f"train_cas@{seed}" for seed in raw["seeds"]} <= names
     assert {"prepare", "train_judge", "train_generator", "generate", "filter", "report"} <= names
 
 

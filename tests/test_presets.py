@@ -4,8 +4,8 @@ and budgets (and device cpu for the GPU presets). The FER2013-format CSV is writ
 the procedural demo faces, so this runs in CI without FER2013. A new preset is covered by adding the file.
 
 The preset's own structure is kept (its real arms, data.real_fraction, the generator kind and the filter's
-settings); sizes, budgets, devices, one seed and one ratio (the preset's largest, where the synthetic
-set runs short) are overridden through `-S`, which also proves every key the overrides touch exists in
+settings); sizes, budgets, devices, one seed, one control (the preset's first) and one mix (its last) are
+overridden through `-S`, which also proves every key the overrides touch exists in
 the preset. That DVC expands the preset's full ratio x seed matrix is checked in test_params_files.py.
 """
 
@@ -98,20 +98,22 @@ def test_preset_runs_the_whole_dag_at_tiny_scale(preset, tmp_path):
     assert not (tmp_path / "data" / "prepared").exists()
 
     fer2013_csv_from_demo_faces(tmp_path / params["data"]["path"])
-    ratio = max(params["ablation"]["ratios"])
-    overrides = [arg for o in [*TINY_OVERRIDES, f"ablation.ratios=[{ratio}]"] for arg in ("-S", o)]
+    abl = params["ablation"]
+    mix, control = abl["mixes"][-1], abl["controls"][0]
+    overrides = [arg for o in [*TINY_OVERRIDES, f"ablation.mixes=[{mix}]", f"ablation.controls=[{control}]"]
+                 for arg in ("-S", o)]
     run = _run(tmp_path, "dvc", "exp", "run", *overrides)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
 
-    abl = params["ablation"]
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     manifest = json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text())
     assert manifest["params"]["source"] == "fer2013"
     assert manifest["params"]["real_fraction"] == params["data"]["real_fraction"]
     for arm in abl["real_arms"]:
         assert (tmp_path / "metrics" / "ablation" / f"{arm}_s0.json").is_file(), arm
-    arm_metrics = json.loads((tmp_path / "metrics" / "ablation" / f"r{ratio}_s0.json").read_text())
-    assert 0 <= arm_metrics["test"]["accuracy"] <= 1, arm_metrics
+    arm_metrics = json.loads((tmp_path / "metrics" / "ablation" / "chosen_mix_s0.json").read_text())
+    assert arm_metrics["arm"] == mix and 0 <= arm_metrics["test"]["accuracy"] <= 1, arm_metrics
+    assert (tmp_path / "metrics" / "screen" / f"{control}.json").is_file()
     assert (tmp_path / "metrics" / "ablation" / "synthetic_only_s0.json").is_file()
     assert (tmp_path / "reports" / "index.html").is_file() and summary
     # the preset's values ran, not the demo's: the filter read the preset's section

@@ -17,7 +17,8 @@ from runtime.checkpoint import save_checkpoint
 N = 300
 
 
-def fake_run(root: Path, arm: str, kind: str, ratio, seed: int, test_acc: float, val_acc: float) -> None:
+def fake_run(root: Path, arm: str, kind: str, ratio, seed: int, test_acc: float, val_acc: float,
+             folder: str = "metrics") -> None:
     """An arm's saved outputs with predictions right on a chosen share of the images."""
     g = torch.Generator().manual_seed(seed * 100 + sum(map(ord, arm)))
     labels = torch.arange(N) % 7
@@ -27,7 +28,7 @@ def fake_run(root: Path, arm: str, kind: str, ratio, seed: int, test_acc: float,
         pred = torch.where(right, labels, (labels + 1) % 7)
         return torch.nn.functional.one_hot(pred, 7).float()
 
-    pred_path = root / "runs" / arm / f"s{seed}" / "predictions.safetensors"
+    pred_path = root / "runs" / folder / arm / f"s{seed}" / "predictions.safetensors"
     pred_path.parent.mkdir(parents=True)
     tp, vp = probs(test_acc), probs(val_acc)
     save_checkpoint(pred_path, {"val_probs": vp, "val_labels": labels, "test_probs": tp, "test_labels": labels}, {})
@@ -37,8 +38,24 @@ def fake_run(root: Path, arm: str, kind: str, ratio, seed: int, test_acc: float,
                "val_accuracy_tta": float((vp.argmax(1) == labels).float().mean()),
                "test": {"accuracy": acc, "macro_f1": acc - 0.05}, "train_minutes": 0.1, "config": {"arch": "x"},
                "hardware": {"cpu_threads": 2}}
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / f"{arm}_s{seed}.json").write_text(json.dumps(metrics))
+    (root / folder).mkdir(exist_ok=True)
+    name = f"{arm}.json" if folder == "screen" else f"{arm}_s{seed}.json"
+    (root / folder / name).write_text(json.dumps(metrics))
+
+
+def fake_study(root: Path) -> AblationConfig:
+    """Confirmed arms on seeds 0 and 1, a screen at seed 100. mixup is best on test but not on val;
+    no_augment is the best control on val; the val-chosen mix beats real but not no_augment."""
+    for seed in (0, 1):
+        fake_run(root, "real", "real", None, seed, test_acc=0.60, val_acc=0.60)
+        fake_run(root, "no_augment", "no_augment", None, seed, test_acc=0.72, val_acc=0.68)
+        fake_run(root, "mixup", "control", None, seed, test_acc=0.80, val_acc=0.62)
+        fake_run(root, "soft-s0.25", "mix", None, seed, test_acc=0.70, val_acc=0.70)
+        fake_run(root, "synthetic_only", "synthetic_only", None, seed, test_acc=0.3, val_acc=0.3)
+    for name, kind, val, test in (("distill", "control", 0.55, 0.9), ("mixup", "control", 0.62, 0.5),
+                                  ("hard-r0.5", "mix", 0.60, 0.95), ("soft-s0.25", "mix", 0.70, 0.6)):
+        fake_run(root, name, kind, None, 100, test_acc=test, val_acc=val, folder="screen")
+    return AblationConfig(controls=["distill", "mixup"], mixes=["hard-r0.5", "soft-s0.25"], seeds=[0, 1], n_boot=200)
 
 
 def test_mean_ci_uses_the_t_distribution():
@@ -62,31 +79,36 @@ def test_paired_bootstrap_sees_a_real_gain_and_no_gain():
     assert len(per_class["difference"]) == 7
 
 
-def test_best_ratio_is_chosen_on_val_not_test(tmp_path, monkeypatch):
+def test_every_choice_is_made_on_val_and_the_headline_faces_the_best_control(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for seed in (0, 1):
-        fake_run(tmp_path, "real", "real", 0.0, seed, test_acc=0.60, val_acc=0.60)
-        fake_run(tmp_path, "r1", "mix", 1.0, seed, test_acc=0.80, val_acc=0.50)  # best on test, worst on val
-        fake_run(tmp_path, "r2", "mix", 2.0, seed, test_acc=0.65, val_acc=0.70)
-        fake_run(tmp_path, "synthetic_only", "synthetic_only", None, seed, test_acc=0.3, val_acc=0.3)
-    summary = run_report(AblationConfig(n_boot=200), metrics_dir=tmp_path / "metrics", out_dir=tmp_path / "reports",
-                         summary_metrics=tmp_path / "ablation.json", data_dir=tmp_path / "none")
-    assert summary["best_arm_on_val"] == "r2"
-    r1 = summary["arms"]["r1"]
-    assert r1["vs_real"]["accuracy"]["difference"] > 0.1 and r1["vs_real"]["accuracy"]["ci95"][0] > 0
-    assert set(r1["vs_real"]["recall"]) >= {"disgust", "fear"}
+    abl = fake_study(tmp_path)
+    fake_run(tmp_path, "real", "real", None, 7, test_acc=0.1, val_acc=0.1)  # a seed no longer in params: left out
+    summary = run_report(abl, metrics_dir=tmp_path / "metrics", screen_dir=tmp_path / "screen",
+                         out_dir=tmp_path / "reports", summary_metrics=tmp_path / "ablation.json", data_dir=tmp_path / "none")
+    assert summary["best_arm_on_val"] == "soft-s0.25" and summary["best_control_on_val"] == "no_augment"
+    assert summary["screen_choices"]["control"]["arm"] == "mixup" and summary["screen_choices"]["mix"]["arm"] == "soft-s0.25"
+    mix = summary["arms"]["soft-s0.25"]
+    assert mix["seeds"] == [0, 1] and summary["arms"]["real"]["seeds"] == [0, 1]
+    assert mix["vs_real"]["accuracy"]["difference"] > 0.05 and mix["vs_real"]["accuracy"]["ci95"][0] > 0
+    against = mix["vs_best_control"]
+    assert against["control"] == "no_augment" and against["accuracy"]["difference"] < 0
+    assert "vs_best_control" not in summary["arms"]["mixup"]  # controls are not compared with themselves
+    assert set(mix["vs_real"]["recall"]) >= {"disgust", "fear"}
+    verdict = json.loads((tmp_path / "ablation.json").read_text())["verdict"]
+    assert "soft-s0.25" in verdict and "no_augment" in verdict and "do not beat" in verdict
     page = (tmp_path / "reports" / "index.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4 and "r2" in page
+    assert page.count("data:image/png;base64,") >= 4 and "Teacher" in page
     md = (tmp_path / "reports" / "summary.md").read_text()
-    assert "best on val" in md and "synthetic_only" in md
+    assert "chosen on val" in md and "best control on val" in md and "## Screen (seed 100" in md
+    assert "| **soft-s0.25** (chosen) | mix | 70" in md.replace("70.00", "70") or "**soft-s0.25** (chosen)" in md
     saved = json.loads((tmp_path / "reports" / "summary.json").read_text())
-    assert saved["arms"]["r1"]["vs_real"]["accuracy"] == r1["vs_real"]["accuracy"]
-    assert (tmp_path / "reports/plots/accuracy_vs_ratio.csv").read_text().startswith("ratio,accuracy,macro_f1")
-    assert best_arm_on_val(summary["arms"]) == "r2"
+    assert saved["arms"]["soft-s0.25"]["vs_real"]["accuracy"] == mix["vs_real"]["accuracy"]
+    assert (tmp_path / "reports/plots/accuracy_by_arm.csv").read_text().startswith("arm,accuracy,macro_f1")
+    assert best_arm_on_val(summary["arms"]) == "soft-s0.25"
 
 
 def test_no_runs_is_one_clear_error(tmp_path):
     from runtime.errors import UserError
 
     with pytest.raises(UserError, match="no ablation runs"):
-        run_report(AblationConfig(), metrics_dir=tmp_path / "empty")
+        run_report(AblationConfig(), metrics_dir=tmp_path / "empty", screen_dir=tmp_path / "empty")

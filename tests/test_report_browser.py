@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.test_report import fake_run
+from tests.test_report import fake_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -17,14 +17,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 def test_report_renders_with_all_images_loaded(tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from ablation.config import AblationConfig
     from pipelines.report import run_report
 
     monkeypatch.chdir(tmp_path)
-    for seed in (0, 1):
-        fake_run(tmp_path, "real", "real", 0.0, seed, test_acc=0.6, val_acc=0.6)
-        fake_run(tmp_path, "r1", "mix", 1.0, seed, test_acc=0.65, val_acc=0.65)
-    run_report(AblationConfig(n_boot=200), metrics_dir=tmp_path / "metrics", out_dir=tmp_path / "reports",
+    abl = fake_study(tmp_path)
+    run_report(abl, metrics_dir=tmp_path / "metrics", screen_dir=tmp_path / "screen", out_dir=tmp_path / "reports",
                summary_metrics=tmp_path / "ablation.json", data_dir=tmp_path / "none")
     page_path = tmp_path / "reports" / "index.html"
     with sync_api.sync_playwright() as p:

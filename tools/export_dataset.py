@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from facedata.prepared import load_manifest
-from facedata.synthetic import CSV_FILE, export_csv, export_png, load_synthetic
+from facedata.synthetic import CSV_FILE, export_csv, export_png, load_sources, load_synthetic
 from generators.sampling import file_sha256, read_metadata
 from quality.cas import cas_accuracy
 from runtime import atomic
@@ -57,7 +57,18 @@ def check_generator(generator: Path, filtered: Path) -> None:
                         f"{drawn_by[:16]}...); pass that generator, or rerun generate and filter with this one")
 
 
-def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepared: dict, n: int) -> str:
+def _edit_note(n_edits: int) -> list[str]:
+    if not n_edits:
+        return []
+    return ["", "## Derived from real people's faces",
+            f"{n_edits} of these images are SDEdit edits of real training faces (generate.mode: edit): each was made "
+            "by noising a real person's face part of the way and denoising it toward another expression, and keeps "
+            "much of that person's identity. `manifest.csv` names each edit's source face. They were exported with "
+            "--allow-edits; publish them only where the real data's consent and licence allow derived images of "
+            "its people."]
+
+
+def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepared: dict, n: int, n_edits: int = 0) -> str:
     before, after = quality.get("before", {}), quality.get("after", {})
     cfg = quality.get("config", {})
 
@@ -103,6 +114,8 @@ def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepare
         f"{quality.get('copies_of_training_faces', 0)} generated faces were closer to a real training face than the "
         "threshold and were removed; none of the exported faces is that close to a training face.",
         "",
+        *_edit_note(n_edits),
+        "",
         "## Intended use",
         "Research on data augmentation for facial-expression recognition. The images inherit the biases and the "
         "licence terms of the real training data; check those before publishing. Not for identifying people or "
@@ -111,8 +124,14 @@ def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepare
     ])
 
 
-def run_export(filtered: Path, quality_json: Path, params: Path, generator: Path, data_dir: Path, out: Path) -> None:
+def run_export(filtered: Path, quality_json: Path, params: Path, generator: Path, data_dir: Path, out: Path,
+               allow_edits: bool = False) -> None:
     data, _ = load_synthetic(filtered)
+    sources = load_sources(filtered)
+    n_edits = int((sources >= 0).sum()) if sources is not None else 0
+    if n_edits and not allow_edits:
+        raise UserError(f"{filtered}: {n_edits} of the {len(data)} faces are edits of real people's faces (generate.mode: "
+                        "edit) and keep their identity; pass --allow-edits only if the real data's terms allow publishing them")
     quality = _read_json(Path(quality_json), "quality metrics", "run `fersynth filter` (dvc repro filter) first")
     generator = Path(generator)
     meta = read_metadata(generator)
@@ -123,5 +142,5 @@ def run_export(filtered: Path, quality_json: Path, params: Path, generator: Path
         export_csv(data.images, data.labels, tmp / CSV_FILE)
         if (Path(filtered) / "manifest.csv").is_file():
             (tmp / "manifest.csv").write_bytes((Path(filtered) / "manifest.csv").read_bytes())
-        (tmp / "DATASHEET.md").write_text(datasheet(quality, meta, generator, prepared, len(data)))
+        (tmp / "DATASHEET.md").write_text(datasheet(quality, meta, generator, prepared, len(data), n_edits))
     print(f"exported {len(data)} faces to {out} (png/, {CSV_FILE}, manifest.csv, DATASHEET.md)")
