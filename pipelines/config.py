@@ -36,7 +36,7 @@ class _TrainSection(TrainConfig):
 
 
 class ClassifierSection(_TrainSection):
-    SHIPPED = {"width": 0.25, "dropout": 0.3, "epochs": 6, "steps": 240, "batch_size": 64}
+    SHIPPED = {"width": 0.25, "dropout": 0.3, "epochs": 5, "steps": 200, "batch_size": 64}
 
 
 class JudgeSection(_TrainSection):

@@ -1,12 +1,13 @@
 """Stage `report`: the ablation's statistics and a page a person would rather look at than read.
 
-Reads every arm's metrics (metrics/ablation/*.json) and its saved val/test probabilities, the
+Reads every confirmed arm's metrics (metrics/ablation/*.json: real arms, CAS, the chosen control and mix
+on every seed) and its saved val/test probabilities, the screen (metrics/screen/*.json), the
 filter's quality.json, the generator's metrics and the data; the statistics are
 ablation/statistics.py, the figures ablation/figures.py, the text ablation/render.py.
 
 Writes reports/index.html (self-contained: figures inlined as base64 PNG, opens offline),
 reports/summary.md, reports/figures/*.png, metrics/ablation.json (DVC metrics) and
-reports/plots/*.csv (DVC plots: accuracy vs ratio, per-class gain).
+reports/plots/*.csv (DVC plots: accuracy per arm, per-class gain).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from ablation.config import AblationConfig
 from ablation.figures import gradcam_figures, plot_by_arm, plot_gain_heatmap, plot_screen, write_plot_csvs
 from ablation.render import render_html, render_markdown, verdict
 from ablation.selection import choose, screen_results
-from ablation.statistics import (arm_statistics, best_arm_on_val, best_control_on_val, load_runs, screen_table,
-                                 shortfall_note)
+from ablation.statistics import arm_statistics, best_arm_on_val, best_control_on_val, load_runs, screen_table, shortfall_note
 from facedata.prepared import load_split
 from facedata.synthetic import load_synthetic
 from figures.charts import plot_confusion

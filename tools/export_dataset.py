@@ -90,7 +90,11 @@ def datasheet(quality: dict, generator_meta: dict, generator_path: Path, prepare
         "they regenerate the image exactly.",
         "",
         "## Filters and thresholds",
-        f"- Label fidelity: judge p(label) >= {cfg.get('label_tau')} ({'on' if cfg.get('label_fidelity') else 'off'}).",
+        f"- Label fidelity: judge p(label) >= {cfg.get('label_tau')}"
+        + (f" and <= {cfg['label_tau_max']} (a confidence band)" if cfg.get("label_tau_max", 1) < 1 else "")
+        + f" ({'on' if cfg.get('label_fidelity') else 'off'}).",
+        *([f"- Selection for coverage: per class, the {cfg.get('coverage_keep')} share of the passing faces that best "
+           "covers the real training faces in judge features (greedy k-center)."] if cfg.get("selection") == "coverage" else []),
         f"- Realism score >= {cfg.get('realism_tau')} ({'on' if cfg.get('realism') else 'off'}).",
         f"- Memorization: nearest real training face farther than {quality.get('memorization_threshold')} "
         f"({quality.get('memorization_distance')}; {quality.get('memorization_calibration')})"
