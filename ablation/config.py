@@ -18,7 +18,7 @@ class AblationConfig(Section):
     real_arms: list[Literal["real", "no_augment"]] = Field(default_factory=lambda: ["real", "no_augment"])
     controls: list[Literal["distill", "mixup", "cutmix"]] = Field(default_factory=lambda: ["distill"])  # of CONTROLS
     mixes: list[str] = Field(default_factory=lambda: ["soft-s0.25"])  # ablation/names.py
-    seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    seeds: list[int] = Field(default_factory=lambda: [0])
     screen_seed: int = 100  # not one of `seeds`: the confirmed numbers come from seeds the choice never saw
     mode: Literal["proportional", "balance"] = "proportional"
     synthetic: Literal["filtered", "raw"] = "filtered"  # the filter stage's kept set, or everything generated

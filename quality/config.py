@@ -37,7 +37,7 @@ class FilterConfig(Section):
     max_real_for_metrics: int = Field(10000, ge=100)
     judge_bf16: bool = True  # judge features in bf16 autocast + channels_last where the CPU/GPU has native bf16 (benchmarks/bench_judge_features.py)
     inception: bool = True  # FID/KID on Inception-v3 features too, when its weights file is installed
-    inception_samples: int = Field(70, ge=14)  # per set, class-stratified: Inception at 299 px is slow on CPU
+    inception_samples: int = Field(35, ge=14)  # per set, class-stratified: Inception at 299 px is slow on CPU
     contact_per_class: int = Field(12, ge=1)
     cas_steps: int = Field(0, ge=0)  # CAS before/after filtering (quality/cas.py): steps per classifier; 0 = off
     cas_rounds: int = Field(4, ge=1)  # ... in this many rounds, val selection after each
