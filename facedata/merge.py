@@ -126,6 +126,8 @@ def merge(real: LabelledImages, synthetic: LabelledImages | None, mode: MergeMod
 
 def largest_ratio(real_counts: list[int], available: list[int]) -> float:
     """The largest ratio at which a proportional mix needs no more synthetic faces of any class than
-    `available` holds: a batch-share arm's pool, as large as it can be while following the real class mix."""
-    ratios = [a / r for r, a in zip(real_counts, available) if r > 0]
+    `available` holds: a batch-share arm's pool, as large as it can be while following the real class mix.
+    A class with no synthetic face at all is left out (merge then reports its shortfall), so one empty
+    class does not empty the pool."""
+    ratios = [a / r for r, a in zip(real_counts, available) if r > 0 and a > 0]
     return min(ratios) if ratios else 0.0

@@ -79,3 +79,11 @@ def test_no_augment_arm_switches_off_training_ops_but_keeps_preprocessing():
 
     off = no_augment(TrainConfig(augment={"equalize": True, "pad_mode": "zeros"})).augment
     assert not off.any_enabled and off.equalize and off.pad_mode == "zeros"
+
+
+def test_batch_share_pool_follows_the_real_mix_and_survives_an_empty_class():
+    from facedata.merge import largest_ratio
+
+    assert largest_ratio([100, 10, 50], [300, 10, 400]) == 1.0  # the scarcest class sets the ratio
+    assert largest_ratio([100, 10, 50], [300, 0, 400]) == 3.0  # an empty class is reported, not fatal
+    assert largest_ratio([100, 10], [0, 0]) == 0.0

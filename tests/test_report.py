@@ -112,3 +112,21 @@ def test_no_runs_is_one_clear_error(tmp_path):
 
     with pytest.raises(UserError, match="no ablation runs"):
         run_report(AblationConfig(), metrics_dir=tmp_path / "empty", screen_dir=tmp_path / "empty")
+
+
+def test_a_control_better_on_test_is_named_in_the_headline(tmp_path, monkeypatch):
+    """Val picks the best control; when another control scores higher on test than the chosen mix, the
+    headline says so instead of claiming the mix beats every control."""
+    from ablation.render import verdict
+    from ablation.statistics import arm_statistics, load_runs
+
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):
+        fake_run(tmp_path, "real", "real", None, seed, test_acc=0.50, val_acc=0.50)
+        fake_run(tmp_path, "no_augment", "no_augment", None, seed, test_acc=0.90, val_acc=0.55)
+        fake_run(tmp_path, "distill", "control", None, seed, test_acc=0.60, val_acc=0.70)
+        fake_run(tmp_path, "soft-s0.25", "mix", None, seed, test_acc=0.80, val_acc=0.75)
+    table = arm_statistics(load_runs(tmp_path / "metrics"), 200)
+    text = verdict(table, "soft-s0.25")
+    assert "best control chosen on val" in text and "distill" in text
+    assert "Note: no_augment scores higher on test" in text
