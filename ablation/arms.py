@@ -86,7 +86,7 @@ def _batch_share(arm: Arm, real: LabelledImages, synthetic: LabelledImages, abl:
     pool_ratio = largest_ratio(real_counts, available)
     merged, info = merge(real, synthetic, abl.mode, pool_ratio, seed=abl.selection_seed)
     if info["n_synthetic"] == 0:
-        raise UserError(f"arm {arm.name}: no synthetic faces to share (a class the real set has is missing from the kept set)")
+        raise UserError(f"arm {arm.name}: no synthetic faces to share (the kept set holds none of the real set's classes)")
     pool = LabelledImages(merged.images[len(real):], merged.labels[len(real):])
     per_batch = max(1, round(batch_size * arm.amount / (1 - arm.amount)))
     shared = SharedSet(pool.images, pool.labels, per_batch, _synthetic_targets(arm, pool, abl, teacher),
