@@ -214,8 +214,10 @@ class GeneratorConfig(Section):
 
 
 class GenerateConfig(Section):
-    """`generate:` — how many synthetic faces per class, and how to draw them."""
+    """`generate:` — where the synthetic faces come from, how many per class, and how to draw them."""
 
+    source: Literal["model", "folder"] = "model"  # folder: faces made elsewhere; train_generator and sampling are skipped
+    folder: str = "synthetic_in"  # source folder: <class>/<image> or a Hugging Face imagefolder (metadata.csv)
     policy: Literal["per_class", "balance", "counts"] = "per_class"
     per_class: int | None = Field(1000, ge=0)  # policy per_class
     counts: list[int] | None = None  # policy counts: 7 numbers, one per expression
@@ -236,6 +238,8 @@ class GenerateConfig(Section):
         if self.policy == "counts":
             if self.counts is None or len(self.counts) != len(EXPRESSIONS) or any(c < 0 for c in self.counts):
                 raise ValueError(f"policy 'counts' needs counts: {len(EXPRESSIONS)} numbers >= 0, one per expression")
+        if self.source == "folder" and self.mode == "edit":
+            raise ValueError("mode 'edit' needs source 'model' (a diffusion generator edits real faces); a folder's faces are taken as they are")
         unknown = [e for e in self.edit_from or [] if e not in EXPRESSIONS]
         if unknown:
             raise ValueError(f"edit_from: '{unknown[0]}' is not an expression ({', '.join(EXPRESSIONS)})")

@@ -1,12 +1,14 @@
-"""Sampling the diffusion generator, seeded per image, and its checkpoint file.
+"""Sampling the diffusion generator, seeded per image, and its folder.
 
 Image i's initial noise (and any noise a scheduler step draws) comes from
 `torch.Generator().manual_seed(seeds[i])`, so (checkpoint, label, seed) regenerates an image whatever
-batch it was drawn in. `DiffusionSampler` has the same `kind`/`sample(labels, seeds, ...)` shape as
+batch it was drawn in. The generator folder is diffusers' own layout (`save_diffusion_sampler`).
+`DiffusionSampler` has the same `kind`/`sample(labels, seeds, ...)` shape as
 the GAN's sampler, so `generate` and later stages work with either."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,9 +16,10 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 from generators.config import DiffusionConfig
 from generators.diffusion_model import IMAGE_SIZE, NULL_CLASS, NUM_CLASSES, denoise, sampling_scheduler
-from generators.sampling import to_generator_range, to_uint8
-from runtime import checkpoint as ckpt
+from generators.sampling import read_metadata, to_generator_range, to_uint8, write_metadata
+from runtime import atomic
 from runtime.errors import UserError
+from runtime.labels import EXPRESSIONS
 
 
 class DiffusionSampler:
@@ -119,22 +122,34 @@ class DiffusionSampler:
         return torch.cat(out)
 
 
-def save_diffusion_sampler(path: str | Path, ema_unet: UNet2DModel, cfg: DiffusionConfig) -> None:
-    """Weights of the (EMA) UNet + what is needed to rebuild and sample it, atomically."""
-    unet_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(ema_unet.config).items()
-                   if not k.startswith("_")}  # diffusers' private bookkeeping keys
-    meta = {"kind": "diffusion", "config": cfg.to_dict(), "unet_config": unet_config}
-    ckpt.save_checkpoint(path, dict(ema_unet.state_dict()), meta)
+def save_diffusion_sampler(folder: str | Path, ema_unet: UNet2DModel, cfg: DiffusionConfig, **extra) -> None:
+    """The (EMA) UNet and its sampling scheduler in diffusers' own layout, so a diffusers user loads
+    them without fersynth (`UNet2DModel.from_pretrained(folder, subfolder="unet")`,
+    `DPMSolverMultistepScheduler.from_pretrained(folder, subfolder="scheduler")`), plus `fersynth.json`:
+    the sampling config and how the UNet's inputs are laid out. The folder is written atomically."""
+    meta = {"kind": "diffusion", "config": cfg.to_dict(), "label_names": list(EXPRESSIONS),
+            "class_labels": {"expressions": "0..6 in label_names order", "null_class": NULL_CLASS},
+            "pixels": f"1 x {IMAGE_SIZE} x {IMAGE_SIZE} in [-1, 1]; the UNet sees F.pixel_unshuffle(x, {cfg.patch_size})",
+            **extra}
+    with atomic.atomic_dir(folder) as tmp:
+        ema_unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        sampling_scheduler(cfg).save_pretrained(tmp / "scheduler")
+        write_metadata(tmp, meta)
+        # diffusers writes its weights through safetensors' save_file, which creates them 0600; let
+        # the umask decide, as for every other output
+        mask = os.umask(0)
+        os.umask(mask)
+        for path in tmp.rglob("*"):
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def load_diffusion_sampler(path: str | Path, device: str | torch.device = "cpu") -> DiffusionSampler:
-    try:
-        tensors, meta = ckpt.load_checkpoint(path)
-    except ValueError as e:
-        raise UserError(f"{e}; expected a diffusion generator written by train-generator with generator.kind: diffusion") from None
+def load_diffusion_sampler(folder: str | Path, device: str | torch.device = "cpu") -> DiffusionSampler:
+    meta = read_metadata(folder)
     if meta.get("kind") != "diffusion":
-        raise UserError(f"{path}: a generator of kind {meta.get('kind')!r}, not a diffusion generator")
-    cfg = DiffusionConfig(**meta["config"])
-    unet = UNet2DModel.from_config(meta["unet_config"])
-    unet.load_state_dict(tensors)
-    return DiffusionSampler(unet.to(device).eval(), cfg)
+        raise UserError(f"{folder}: a generator of kind {meta.get('kind')!r}, not a diffusion generator")
+    try:
+        unet = UNet2DModel.from_pretrained(Path(folder) / "unet")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}/unet: not a readable diffusers UNet ({str(e).splitlines()[0][:200]}); "
+                        "rerun `fersynth train-generator`") from None
+    return DiffusionSampler(unet.to(device).eval(), DiffusionConfig(**meta["config"]))

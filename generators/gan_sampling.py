@@ -1,4 +1,4 @@
-"""Sampling the GAN generator, reproducibly per image, and its checkpoint file.
+"""Sampling the GAN generator, reproducibly per image, and its folder (weights + fersynth.json).
 
 Every image's noise comes from its own `torch.Generator().manual_seed(seed)`, and the generator runs
 in eval mode (batch norm on fixed statistics), so an image depends only on (checkpoint, label, seed)
@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from generators.config import GanConfig
 from generators.gan_networks import Generator, build_generator
-from generators.sampling import _missing, file_sha256, to_uint8
+from generators.sampling import generator_sha256, read_metadata, to_uint8, write_metadata
+from runtime import atomic
 from runtime import checkpoint as ckpt
 from runtime.errors import UserError
 from runtime.labels import EXPRESSIONS
@@ -95,30 +96,31 @@ def sample(generator_ema: Generator, labels: Tensor | Sequence[int], seeds: Tens
     return out
 
 
-def _read(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise _missing(path)
+WEIGHTS_FILE = "generator.safetensors"
+
+
+def save_generator(folder: str | Path, generator: Generator, cfg: GanConfig, **extra: Any) -> None:
+    """The EMA generator (standing statistics) as `<folder>/generator.safetensors`, and what rebuilds it
+    (`kind: gan`, config, label names, `extra`) as `<folder>/fersynth.json`; the folder atomically."""
+    meta = {"kind": "gan", "config": cfg.to_dict(), "label_names": list(EXPRESSIONS),
+            "weights": WEIGHTS_FILE, "network": "generators/gan_networks.py build_generator(GanConfig(**config))", **extra}
+    with atomic.atomic_dir(folder) as tmp:
+        ckpt.save_checkpoint(tmp / WEIGHTS_FILE, generator.state_dict(), {"kind": "gan"})
+        write_metadata(tmp, meta)
+
+
+def load_generator(folder: str | Path) -> tuple[Generator, dict, str]:
+    """(EMA generator in eval mode on CPU, its fersynth.json, sha256 of the folder)."""
+    meta = read_metadata(folder)
+    if meta.get("kind") != "gan":
+        raise UserError(f"{folder}: a '{meta.get('kind')}' generator, not a GAN")
     try:
-        return ckpt.load_checkpoint(path)
+        tensors, _ = ckpt.load_checkpoint(Path(folder) / WEIGHTS_FILE)
     except ValueError as e:
         raise UserError(f"{e}; rerun `fersynth train-generator`") from None
-
-
-def save_generator(path: str | Path, generator: Generator, cfg: GanConfig, **extra: Any) -> None:
-    """EMA generator (standing statistics) + what rebuilds it; `kind: gan` in the metadata."""
-    meta = {"kind": "gan", "config": cfg.to_dict(), "label_names": list(EXPRESSIONS), **extra}
-    ckpt.save_checkpoint(path, generator.state_dict(), meta)
-
-
-def load_generator(path: str | Path) -> tuple[Generator, dict, str]:
-    """(EMA generator in eval mode on CPU, metadata, sha256 of the file) from generator.safetensors."""
-    tensors, meta = _read(path)
-    if meta.get("kind") != "gan":
-        raise UserError(f"{path}: a '{meta.get('kind')}' checkpoint, not a GAN generator")
     generator = build_generator(GanConfig(**meta["config"]))
     generator.load_state_dict(tensors)
-    return generator.to(memory_format=SAMPLING_FORMAT).eval(), meta, file_sha256(path)
+    return generator.to(memory_format=SAMPLING_FORMAT).eval(), meta, generator_sha256(folder)
 
 
 class GanSampler:

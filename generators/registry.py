@@ -26,9 +26,9 @@ class GeneratorKind(Protocol):
     def settings(self, cfg: GeneratorConfig) -> Any: ...  # the kind's own section of `generator:`
     def check(self, settings: Any, judge) -> None: ...  # UserError when the settings need what is missing
     def train(self, images: torch.Tensor, labels: torch.Tensor, settings: Any, **loop: Any) -> Any: ...
-    def save(self, path: Path, result: Any, settings: Any, extra: dict) -> None: ...
+    def save(self, folder: Path, result: Any, settings: Any, extra: dict) -> None: ...  # the generator folder
     def final_quality(self, result: Any, settings: Any, judge, train) -> dict: ...
-    def load_sampler(self, path: Path) -> ConditionalSampler: ...
+    def load_sampler(self, folder: Path) -> ConditionalSampler: ...
     def sample_options(self, cfg: GenerateConfig) -> dict: ...
 
 
@@ -94,7 +94,7 @@ class Diffusion:
     def save(self, path: Path, result, settings: DiffusionConfig, extra: dict) -> None:
         from generators.diffusion_sampling import save_diffusion_sampler
 
-        save_diffusion_sampler(path, result.ema_model, settings)
+        save_diffusion_sampler(path, result.ema_model, settings, **extra)
 
     def final_quality(self, result, settings: DiffusionConfig, judge, train) -> dict:
         from generators.diffusion_sampling import DiffusionSampler
@@ -117,8 +117,12 @@ KINDS: dict[str, GeneratorKind] = {kind.name: kind for kind in (Gan(), Diffusion
 
 
 def load_sampler(path: str | Path) -> ConditionalSampler:
-    """The sampler for a generator file of any registered kind (its metadata names the kind)."""
-    kind = read_metadata(path).get("kind")
+    """The sampler for a generator folder of any registered kind (its fersynth.json names the kind)."""
+    meta = read_metadata(path)
+    kind = meta.get("kind")
+    if kind == "none":
+        raise UserError(f"{path}: no generator was trained here ({meta.get('reason')}); its faces come from "
+                        f"{meta.get('folder')}. Set generate.source: model to train one")
     if kind not in KINDS:
         raise UserError(f"{path}: unknown generator kind {kind!r} in its metadata (expected one of {', '.join(KINDS)})")
     return KINDS[kind].load_sampler(Path(path))

@@ -1,6 +1,11 @@
 """What every generator kind's sampler shares: the `ConditionalSampler` shape (uint8 faces from labels
-and per-image seeds), the generator pixel range, and reading a generator file's metadata and sha256.
-`generators/registry.py` picks the kind's sampler from that metadata."""
+and per-image seeds), the generator pixel range, and the generator folder: its `fersynth.json` (kind,
+config, label names, training summary) and its sha256. `generators/registry.py` picks the kind's
+sampler from that file.
+
+A generator is a folder in its ecosystem's own layout, so it loads without fersynth: the GAN as
+`generator.safetensors` + `fersynth.json`; the diffusion model as diffusers' `save_pretrained` layout
+(`unet/`, `scheduler/`) + `fersynth.json`."""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from runtime.errors import UserError
@@ -35,6 +39,9 @@ def to_generator_range(images_uint8: Tensor) -> Tensor:
     return images_uint8.float() / 127.5 - 1.0
 
 
+CONFIG_FILE = "fersynth.json"
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -43,17 +50,33 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def generator_sha256(folder: str | Path) -> str:
+    """sha256 of a generator folder: of every file's relative path and sha256, in sorted order (a
+    folder has no single byte stream; this changes whenever any file in it does)."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise _missing(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
 def _missing(path: Path) -> UserError:
-    return UserError(f"{path}: generator checkpoint not found; run `fersynth train-generator` (dvc repro train_generator) first")
+    return UserError(f"{path}: no generator here (a folder with {CONFIG_FILE}); run `fersynth train-generator` "
+                     "(dvc repro train_generator) first")
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The metadata of a generator checkpoint, without loading its tensors."""
-    path = Path(path)
+def read_metadata(folder: str | Path) -> dict:
+    """The generator folder's `fersynth.json` (kind, config, ...), without loading its weights."""
+    path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise _missing(path)
+        raise _missing(Path(folder))
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("meta", "{}"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a readable generator checkpoint ({e}); rerun `fersynth train-generator`") from None
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not readable ({e}); rerun `fersynth train-generator`") from None
+
+
+def write_metadata(folder: Path, meta: dict) -> None:
+    (Path(folder) / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")

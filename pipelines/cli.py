@@ -61,11 +61,16 @@ def train_generator(
     out: Annotated[Path, typer.Option(help="Generator output folder.")] = Path("models/generator"),
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = Path("metrics/generator.json"),
 ) -> None:
-    """Train the class-conditional generator (params `generator`: kind gan or diffusion); resumes if killed."""
+    """Train the class-conditional generator (params `generator`: kind gan or diffusion); resumes if killed.
+    With generate.source: folder there is nothing to train, and the stage records that."""
     require_torchvision()
     from pipelines.config import load_section
-    from pipelines.train_generator import run_train_generator
+    from pipelines.train_generator import record_no_generator, run_train_generator
 
+    source = load_section("generate", params)
+    if source.source == "folder":
+        record_no_generator(source.folder, out, metrics)
+        return
     cfg = load_section("generator", params)
     run_train_generator(cfg, data, None if no_judge else judge, out, live_dir=Path("dvclive/generator"), metrics_path=metrics)
 
@@ -74,17 +79,23 @@ def train_generator(
 @user_errors
 def generate(
     params: ParamsOpt = Path("params.yaml"),
-    generator: Annotated[Path, typer.Option(help="Generator saved by train-generator.")] = Path("models/generator/generator.safetensors"),
+    generator: Annotated[Path, typer.Option(help="Generator folder saved by train-generator.")] = Path("models/generator/model"),
     data: Annotated[Path, typer.Option("--data", help="Prepared real data (its train counts drive the 'balance' policy).")] = Path("data/prepared"),
     out: Annotated[Path, typer.Option(help="Output folder for the synthetic set.")] = Path("data/synthetic"),
 ) -> None:
-    """Draw a labelled synthetic dataset (params `generate`); every image records its label and seed."""
+    """Draw a labelled synthetic dataset (params `generate`); every image records its label and seed.
+    With generate.source: folder, read the faces from that folder instead (made by any generator)."""
     require_torchvision()
     from facedata.prepared import load_manifest, load_split
     from pipelines.config import load_section
-    from pipelines.generate import run_generate
+    from pipelines.generate import import_folder, run_generate
 
     cfg = load_section("generate", params)
+    if cfg.source == "folder":
+        data_cfg = load_section("data", params)
+        manifest = import_folder(cfg.folder, data_cfg.class_map, data_cfg.lenient, load_manifest(data)["counts"]["train"], out, cfg)
+        typer.echo(f"read {manifest['total']} faces from {cfg.folder} -> {out}")
+        return
     real_train = load_split(data / "train.safetensors") if cfg.mode == "edit" else None
     manifest = run_generate(cfg, generator, load_manifest(data)["counts"]["train"], out, real_train=real_train)
     typer.echo(f"generated {manifest['total']} images ({manifest['kind']}) -> {out}")

@@ -97,14 +97,17 @@ def export(
     filtered: Annotated[Path, typer.Option(help="Filtered set (the filter stage's output).")] = Path("data/filtered"),
     quality_json: Annotated[Path, typer.Option("--quality", help="quality.json of that set.")] = Path("metrics/quality.json"),
     params: ParamsOpt = Path("params.yaml"),
-    generator: Annotated[Path, typer.Option(help="The generator that made the set.")] = Path("models/generator/generator.safetensors"),
+    generator: Annotated[Path, typer.Option(help="The generator folder that made the set (unused for a generate.source folder set).")] = Path("models/generator/model"),
     data: DataOpt = Path("data/prepared"),
-    allow_edits: Annotated[bool, typer.Option("--allow-edits", help="Publish edits of real people's faces too (generate.mode: edit); the datasheet then says so.")] = False,
+    allow_edits: Annotated[bool, typer.Option("--allow-edits", help="Publish edits of real people's faces too (generate.mode: edit); the card then says so.")] = False,
+    allow_memorization_risk: Annotated[bool, typer.Option("--allow-memorization-risk", help="Publish a set whose memorization check was off or did not pass; the card then says so.")] = False,
+    license_id: Annotated[str, typer.Option("--license", help="License id for the card's YAML header; the faces inherit the real data's terms.")] = "other",
 ) -> None:
-    """Write the kept synthetic faces as an image folder and a FER2013-format CSV, with a datasheet."""
+    """Write the kept synthetic faces as a Hugging Face imagefolder (train/<expression>/<id>.png, metadata.csv with
+    label, seed, generator sha256 and filter scores) with a dataset card README.md, and a FER2013-format CSV."""
     from tools.export_dataset import run_export
 
-    run_export(filtered, quality_json, params, generator, data, out, allow_edits)
+    run_export(filtered, quality_json, params, generator, data, out, allow_edits, allow_memorization_risk, license_id)
 
 
 @app.command()

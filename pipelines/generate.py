@@ -13,6 +13,11 @@ data/prepared/train.safetensors), and (generator, source, label, seed, strength)
 Edits derive from real people's faces: the manifest says so, and `fersynth export` refuses them
 unless told otherwise.
 
+With `source: folder` nothing is sampled: the faces of that folder (made by any generator;
+`<class>/<image>` or a Hugging Face imagefolder with metadata.csv, class names through data's aliases
+and `class_map`) are read exactly as `prepare` reads image folders, and written in the same format with
+seed -1 (unknown); the manifest names the folder, its sha256 and every face's file.
+
 Output folder (written atomically as a whole):
   synthetic.safetensors   images uint8 N x 1 x 48 x 48, labels int64 N, seeds int64 N (and, for
                           edits, sources int64 N)
@@ -24,6 +29,7 @@ Output folder (written atomically as a whole):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,7 +42,8 @@ from facedata.prepared import check_images
 from facedata.synthetic import CSV_FILE, DATA_FILE, export_csv, export_png
 from generators.config import GenerateConfig
 from generators.registry import KINDS, load_sampler
-from generators.sampling import file_sha256
+from facedata.sources.image_folder import read_labelled_folder
+from generators.sampling import file_sha256, generator_sha256
 from runtime import atomic
 from runtime.errors import UserError
 from runtime.labels import EXPRESSIONS
@@ -122,9 +129,10 @@ def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_count
     check_images(images, labels)
 
     manifest = {
+        "source": "model",
         "kind": sampler.kind,
         "generator": str(generator_path),
-        "generator_sha256": file_sha256(generator_path),
+        "generator_sha256": generator_sha256(generator_path),
         "policy": gen_cfg.policy,
         "counts": dict(zip(EXPRESSIONS, counts)),
         "total": len(labels),
@@ -139,15 +147,56 @@ def run_generate(gen_cfg: GenerateConfig, generator_path: Path, real_train_count
         "config": gen_cfg.to_dict(),
         "files": [DATA_FILE] + (["png/"] if gen_cfg.export_png else []) + ([CSV_FILE] if gen_cfg.export_csv else []),
     }
+    _write_set(out_dir, images, labels, seeds, sources, manifest, gen_cfg)
+    return manifest
+
+
+def folder_sha256(root: Path, files: Sequence[str]) -> str:
+    """sha256 over the read files' relative names and bytes, in order: what the set was made from."""
+    h = hashlib.sha256()
+    for name in files:
+        h.update(f"{name}\0{file_sha256(root / name)}\n".encode())
+    return h.hexdigest()
+
+
+def import_folder(folder: str | Path, class_map: dict[str, str], lenient: bool,
+                  real_train_counts: Sequence[int] | Mapping[str, int], out_dir: Path = Path("data/synthetic"),
+                  gen_cfg: GenerateConfig | None = None) -> dict:
+    """`source: folder`: a synthetic set made elsewhere, read into the generate format."""
+    folder = Path(folder)
+    read = read_labelled_folder(folder, class_map, lenient, what="synthetic folder (generate.folder)")
+    check_images(read.images, read.labels)
+    counts = torch.bincount(read.labels, minlength=len(EXPRESSIONS)).tolist()
+    manifest = {
+        "source": "folder",
+        "kind": "folder",
+        "folder": str(folder),
+        "folder_sha256": folder_sha256(folder, read.files),
+        "counts": dict(zip(EXPRESSIONS, counts)),
+        "total": len(read.labels),
+        "real_train_counts": dict(zip(EXPRESSIONS, _as_list(real_train_counts))),
+        "seeds": {"rule": "unknown (made outside fersynth): every seed is -1"},
+        "skipped": {**dict(read.rejected), **{f"class {k}": v for k, v in read.dropped_classes.items()}},
+        "derived_from_real_faces": None,  # unknown: say so in an export
+        "mode": "folder",
+        "file_names": read.files,
+        "files": [DATA_FILE],
+    }
+    seeds = torch.full((len(read.labels),), -1, dtype=torch.int64)
+    _write_set(out_dir, read.images, read.labels, seeds, None, manifest, gen_cfg)
+    return manifest
+
+
+def _write_set(out_dir: Path, images: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor,
+               sources: torch.Tensor | None, manifest: dict, gen_cfg: GenerateConfig | None) -> None:
     with atomic.atomic_dir(out_dir) as tmp:
         extra = {"sources": sources.contiguous()} if sources is not None else {}
         (tmp / DATA_FILE).write_bytes(save({"images": images.contiguous(), "labels": labels.contiguous(),
                                             "seeds": seeds.contiguous(), **extra}))  # not save_file: it writes 0600
-        if gen_cfg.export_png:
+        if gen_cfg is not None and gen_cfg.export_png:
             export_png(images, labels, tmp / "png")
-        if gen_cfg.export_csv:
+        if gen_cfg is not None and gen_cfg.export_csv:
             export_csv(images, labels, tmp / CSV_FILE)
         atomic.write_json(tmp / "manifest.json", manifest)
-    return manifest
 
 

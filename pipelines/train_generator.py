@@ -2,10 +2,14 @@
 diffusion, see `generators/registry.py`) on the prepared train split, which is already the
 `data.real_fraction` subset the classifiers see.
 
-Writes `<out>/generator.safetensors` (EMA weights + kind, config, label names), keeps resumable
+Writes the generator folder `<out>/model` in its ecosystem's layout (generators/sampling.py: the GAN's
+safetensors + fersynth.json, the diffusion model's diffusers `save_pretrained` folders), keeps resumable
 state in `<out>/checkpoints/last.safetensors`, a sample grid PNG per reading in `<out>/samples/`
 (one row per expression, upscaled 2x), dvclive metrics, and `metrics/generator.json` (final
 GAN-test overall and per class, KID in the judge's feature space, steps, minutes, steps/s).
+
+With `generate.source: folder` nothing is trained: the synthetic faces come from that folder, and the
+stage only records so (`<out>/model/fersynth.json` of kind `none`), so `dvc repro` skips the training.
 """
 
 from __future__ import annotations
@@ -21,15 +25,29 @@ from facedata.prepared import load_split
 from figures.grids import save_grid
 from generators.config import GeneratorConfig
 from generators.registry import KINDS
+from generators.sampling import write_metadata
 from runtime import atomic
 from runtime.device import hardware, is_main_process
 from runtime.live import dvclive_logger
 
 
+def record_no_generator(folder: str, out_dir: Path, metrics_path: Path) -> dict:
+    """`generate.source: folder`: no generator; the stage's outputs say where the faces come from instead."""
+    note = {"kind": "none", "reason": "generate.source is folder", "folder": folder}
+    with atomic.atomic_dir(Path(out_dir) / "model") as tmp:
+        write_metadata(tmp, note)
+    for empty in ("checkpoints", "samples"):
+        (Path(out_dir) / empty).mkdir(parents=True, exist_ok=True)
+    atomic.write_text(Path(out_dir) / "samples" / "README.txt", f"No generator was trained: the synthetic faces come from {folder}.\n")
+    atomic.write_json(metrics_path, note)
+    Console(stderr=True).print(f"train_generator: skipped, the synthetic faces come from {folder} (generate.source: folder)")
+    return note
+
+
 def run_train_generator(gen_cfg: GeneratorConfig, data_dir: Path, judge_path: Path | None,
                         out_dir: Path = Path("models/generator"), live_dir: Path | None = Path("dvclive/generator"),
                         metrics_path: Path = Path("metrics/generator.json"), progress: bool = True) -> dict:
-    """Train (resuming from <out>/checkpoints), save the generator, return (and write) the metrics."""
+    """Train (resuming from <out>/checkpoints), save the generator folder <out>/model, return (and write) the metrics."""
     console = Console(stderr=True)
     train = load_split(Path(data_dir) / "train.safetensors")
     judge = load_judge(judge_path)
@@ -54,7 +72,7 @@ def run_train_generator(gen_cfg: GeneratorConfig, data_dir: Path, judge_path: Pa
         atomic.write_bytes(samples_dir / "final.png", grids[-1].read_bytes())
 
     quality = kind.final_quality(result, settings, judge, train) if judge is not None else {}
-    kind.save(out_dir / "generator.safetensors", result, settings, {"steps": result.steps, "quality": quality})
+    kind.save(out_dir / "model", result, settings, {"steps": result.steps, "quality": quality})
     metrics = {
         "kind": gen_cfg.kind,
         **({"gan_test": quality["gan_test"], "kid": quality["kid"]} if quality else {}),

@@ -6,6 +6,7 @@ says patch_size=2) on ~200 demo faces keeps every test to a few seconds.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,7 +18,7 @@ from facedata.sources.demo_faces import draw_demo_faces
 from generators.diffusion_model import NULL_CLASS, build_unet, denoise
 from generators.diffusion_sampling import DiffusionSampler, load_diffusion_sampler, save_diffusion_sampler
 from generators.diffusion_training import DiffusionConfig, train_diffusion
-from runtime.checkpoint import load_checkpoint, save_checkpoint
+from runtime.checkpoint import load_checkpoint
 from runtime.errors import UserError
 
 TINY = dict(patch_size=1, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
@@ -199,24 +200,41 @@ def test_time_budget_stops_early(demo):
     assert 0 < result.steps < 10_000 and result.stopped.startswith("time budget")
 
 
-def test_sampler_save_load_round_trip(tmp_path, trained):
+def test_sampler_saves_in_diffusers_layout_and_loads_without_fersynth(tmp_path, trained):
+    """The generator folder is diffusers' own: UNet2DModel.from_pretrained and the scheduler's
+    from_pretrained read it, and sampling with those objects alone gives fersynth's images."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
     config = cfg(guidance_scale=1.5, sample_scheduler="ddim")
-    path = tmp_path / "generator.safetensors"
-    save_diffusion_sampler(path, trained.ema_model, config)
-    meta = load_checkpoint(path)[1]
-    assert meta["kind"] == "diffusion" and meta["config"]["guidance_scale"] == 1.5
-    assert meta["unet_config"]["num_class_embeds"] == 8
-    loaded = load_diffusion_sampler(path)
+    folder = tmp_path / "model"
+    save_diffusion_sampler(folder, trained.ema_model, config)
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} == {
+        "fersynth.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"}
+    meta = json.loads((folder / "fersynth.json").read_text())
+    assert meta["kind"] == "diffusion" and meta["config"]["guidance_scale"] == 1.5 and meta["class_labels"]["null_class"] == 7
+
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")  # what a diffusers user writes
+    assert unet.config.num_class_embeds == 8
+    for name, tensor in trained.ema_model.state_dict().items():
+        assert torch.equal(unet.state_dict()[name], tensor), name
+    scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    assert scheduler.config.prediction_type == config.prediction_type and scheduler.config.timestep_spacing == "trailing"
+
+    loaded = load_diffusion_sampler(folder)
     assert loaded.kind == "diffusion" and loaded.cfg == config
     labels, seeds = torch.tensor([0, 4]), torch.tensor([1, 2])
     assert torch.equal(loaded.sample(labels, seeds), DiffusionSampler(trained.ema_model, config).sample(labels, seeds))
+    assert torch.equal(DiffusionSampler(unet, config).sample(labels, seeds), loaded.sample(labels, seeds))
 
-    save_checkpoint(tmp_path / "gan.safetensors", {"w": torch.zeros(1)}, {"kind": "gan"})
+    (tmp_path / "gan").mkdir()
+    (tmp_path / "gan" / "fersynth.json").write_text('{"kind": "gan"}')
     with pytest.raises(UserError, match="not a diffusion generator"):
-        load_diffusion_sampler(tmp_path / "gan.safetensors")
-    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="junk.safetensors"):
-        load_diffusion_sampler(tmp_path / "junk.safetensors")
+        load_diffusion_sampler(tmp_path / "gan")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "fersynth.json").write_text('{"kind": "diffusion", "config": {}}')
+    (tmp_path / "junk" / "unet").mkdir()
+    with pytest.raises(UserError, match="junk/unet"):
+        load_diffusion_sampler(tmp_path / "junk")
 
 
 def test_sdedit_changes_the_face_keeps_its_identity_and_regenerates_exactly(trained, demo):

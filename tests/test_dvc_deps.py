@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,9 +136,20 @@ def test_every_dep_is_a_project_file_or_another_stages_output():
     for stage in stages().values():
         for out in [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]:
             outs.add(str(next(iter(out)) if isinstance(out, dict) else out).split("${")[0])
-    missing = [f"{name}: {dep}" for name, stage in stages().items() for dep in stage.get("deps", [])
-               if not (REPO / str(dep)).exists() and not any(str(dep).startswith(o) or o.startswith(str(dep)) for o in outs)]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def resolved(dep: str) -> str:  # ${section.key} from params.yaml, as dvc templating does
+        return re.sub(r"\$\{([\w.]+)\}", lambda m: str(_lookup(params, m.group(1))), dep)
+
+    missing = [f"{name}: {dep}" for name, stage in stages().items() for dep in map(resolved, map(str, stage.get("deps", [])))
+               if not (REPO / dep).exists() and not any(dep.startswith(o) or o.startswith(dep) for o in outs)]
     assert not missing, missing
+
+
+def _lookup(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
 
 
 def test_closure_follows_lazy_imports_and_packages():

@@ -1,6 +1,7 @@
 """`fersynth export` on the real chain (prepare -> a trained tiny generator -> generate -> filter -> export):
-the datasheet records the provenance of the files it ships with, checked against those files, and it
-refuses a generator other than the one that drew the set."""
+a Hugging Face imagefolder that `datasets` loads, whose card records the provenance of the files it ships
+with (checked against those files); it refuses a generator other than the one that drew the set, edits
+of real faces and sets that did not pass the memorization check, unless told otherwise."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
-from generators.sampling import file_sha256, read_metadata
+from generators.sampling import generator_sha256, read_metadata
 from pipelines.cli import app
 
 PARAMS = {
@@ -57,33 +59,68 @@ def chain(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_datasheet_records_the_real_generator_and_data(chain):
-    ok("export", "--out", "export")
-    generator = Path("models/generator/generator.safetensors")
-    sheet = Path("export/DATASHEET.md").read_text()
-    made_by = json.loads(Path("data/synthetic/manifest.json").read_text())["generator_sha256"]
-    assert made_by == file_sha256(generator)
-    line = next(li for li in sheet.splitlines() if li.startswith("- Generator:"))
-    assert f"`{generator}`" in line and f"sha256 `{made_by[:16]}...`" in line
-    meta = read_metadata(generator)
-    assert meta["steps"] == 2 and f"kind `{meta['kind']}`, trained 2 steps" in line
-    prepared = json.loads(Path("data/prepared/manifest.json").read_text())
-    assert f"train counts {prepared['counts']['train']}" in sheet
+def test_export_is_an_imagefolder_datasets_loads_with_a_card_and_regenerable_rows(chain):
+    """datasets.load_dataset("imagefolder") reads the export: one row per kept face, the right labels as a
+    ClassLabel in FER2013 order, filter scores as columns; every row's (label, seed) regenerates its image
+    with the generator; the card's YAML header parses and its body names the generator and the data."""
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import DatasetCard
 
+    from facedata.synthetic import load_synthetic
+    from generators.registry import load_sampler
+    from runtime.labels import EXPRESSIONS
+
+    ok("export", "--out", "export")
+    generator = Path("models/generator/model")
+    kept, seeds = load_synthetic("data/filtered")
     quality = json.loads(Path("metrics/quality.json").read_text())
     n = quality["n_kept"]
-    assert sheet.startswith("# Datasheet") and f"{n} grayscale 48x48 faces" in sheet
-    assert "## Memorization check" in sheet and "## Intended use" in sheet
-    assert f"| fid | {quality['before']['fid']} | {quality['after']['fid']} |" in sheet
-    from facedata.synthetic import load_synthetic
+    assert n == len(kept) > 0
 
-    kept, _ = load_synthetic("data/filtered")
+    faces = datasets.load_dataset("imagefolder", data_dir="export", split="train", cache_dir="hf_cache")
+    assert faces.num_rows == n
+    ids = [int(i) for i in faces["id"]]
+    order = sorted(range(n), key=ids.__getitem__)  # the kept set is in ascending id order
+    assert [faces["label"][i] for i in order] == [EXPRESSIONS[k] for k in kept.labels.tolist()]
+    assert [int(faces["seed"][i]) for i in order] == seeds.tolist()
+    assert {"label_prob", "realism", "nn_real_dist", "reason"} <= set(faces.column_names)
+    made_by = json.loads(Path("data/synthetic/manifest.json").read_text())["generator_sha256"]
+    assert set(faces["generator_sha256"]) == {made_by} and made_by == generator_sha256(generator)
+
+    sampler = load_sampler(generator)
+    labels = torch.tensor([EXPRESSIONS.index(faces["label"][i]) for i in order])
+    regenerated = sampler.sample(labels, torch.tensor([int(faces["seed"][i]) for i in order]))
+    pixels = torch.stack([torch.from_numpy(np.asarray(faces[i]["image"].convert("L"))) for i in order])[:, None]
+    assert torch.equal(pixels, regenerated) and torch.equal(pixels, kept.images)
+
+    card = DatasetCard.load("export/README.md")
+    assert card.data.license == "other" and card.data.task_categories == ["image-classification"]
+    assert card.data.size_categories == ["n<1K"] and card.data.configs[0]["data_files"][0]["split"] == "train"
+    body = card.text
+    assert body.lstrip().startswith("# Synthetic facial-expression faces") and f"{n} grayscale 48x48 faces" in body
+    line = next(li for li in body.splitlines() if li.startswith("- Generator:"))
+    meta = read_metadata(generator)
+    assert f"`{generator}`" in line and f"sha256 `{made_by[:16]}...`" in line and f"kind `{meta['kind']}`, trained 2 steps" in line
+    prepared = json.loads(Path("data/prepared/manifest.json").read_text())
+    assert f"train counts {prepared['counts']['train']}" in body
+    for section in ("## Filters and thresholds", "## Memorization check", "## Intended use and limitations"):
+        assert section in body
+    assert f"| fid | {quality['before']['fid']} | {quality['after']['fid']} |" in body
+    assert f"False-rejection rate on real strangers: {quality['memorization_false_rejection_on_real_test']}" in body
     rows = list(csv.DictReader(open("export/synthetic_fer2013.csv")))
-    assert len(rows) == n == len(list(Path("export/png").rglob("*.png")))
     assert [int(r["emotion"]) for r in rows] == kept.labels.tolist()
-    assert torch.equal(torch.tensor([[int(p) for p in r["pixels"].split()] for r in rows], dtype=torch.uint8),
-                       kept.images.reshape(n, -1))
-    assert Path("export/manifest.csv").read_bytes() == Path("data/filtered/manifest.csv").read_bytes()
+
+
+def test_export_refuses_a_set_that_did_not_pass_the_memorization_check(chain):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["filter"]["memorization"] = False
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    ok("filter")
+    refused = invoke("export", "--out", "export")
+    assert refused.exit_code == 2 and "memorization check" in refused.output and "--allow-memorization-risk" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not Path("export").exists()
+    ok("export", "--out", "export", "--allow-memorization-risk")
+    assert "Not passed: the memorization check was off" in Path("export/README.md").read_text()
 
 
 def test_export_refuses_a_generator_that_did_not_draw_the_set(chain):
@@ -95,7 +132,7 @@ def test_export_refuses_a_generator_that_did_not_draw_the_set(chain):
     ok("train-generator", "--no-judge")
     result = invoke("export", "--out", "export")
     assert result.exit_code == 2, result.output
-    assert "generator.safetensors" in result.output and "did not draw" in result.output
+    assert "models/generator/model" in result.output and "did not draw" in result.output
     assert not Path("export").exists()
 
 
@@ -111,4 +148,4 @@ def test_export_refuses_edits_of_real_faces_unless_allowed_and_then_says_so(chai
     assert refused.exit_code == 2 and "edits of real people's faces" in refused.output and "--allow-edits" in refused.output
     assert not Path("export").exists()
     ok("export", "--out", "export", "--allow-edits")
-    assert "## Derived from real people's faces" in Path("export/DATASHEET.md").read_text()
+    assert "## Derived from real people's faces" in Path("export/README.md").read_text()

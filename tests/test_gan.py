@@ -30,6 +30,7 @@ from generators.gan_networks import Generator, PlainDiscriminator, ProjectedDisc
 from generators.gan_sampling import load_generator, noise_for_seeds, sample, save_generator
 from generators.gan_training import GanDivergedError, mode_seeking_loss, train_gan
 from generators.registry import load_sampler
+from generators.sampling import generator_sha256
 from quality.probe import kid
 from runtime.errors import UserError
 
@@ -343,13 +344,14 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(demo, judge, tmp_path):
 
 def test_exact_regeneration_from_checkpoint_label_and_seed(demo, judge, tmp_path):
     result = train_gan(*demo, tiny(steps=2), judge=judge, progress=False)
-    path = tmp_path / "generator.safetensors"
+    path = tmp_path / "model"
     save_generator(path, result.generator, tiny(steps=2))
+    assert sorted(p.name for p in path.iterdir()) == ["fersynth.json", "generator.safetensors"]  # weights + JSON config
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 3, 3, 1])
     seeds = torch.arange(10) + 777
     batch = sample(result.generator, labels, seeds, batch_size=64)
     sampler = load_sampler(path)
-    assert sampler.kind == "gan" and sampler.sha256 == file_hash(path)
+    assert sampler.kind == "gan" and sampler.sha256 == generator_sha256(path)
     for i in (0, 4, 9):  # alone, from the file, in another batch size
         alone = sampler.sample(labels[i : i + 1], seeds[i : i + 1], batch_size=1)
         assert torch.equal(alone[0], batch[i])
@@ -362,11 +364,16 @@ def test_exact_regeneration_from_checkpoint_label_and_seed(demo, judge, tmp_path
 
 
 def test_load_sampler_errors_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="not found"):
-        load_sampler(tmp_path / "nope.safetensors")
-    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="no generator here"):
+        load_sampler(tmp_path / "nope")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "fersynth.json").write_text("{not json")
+    with pytest.raises(UserError, match="not readable"):
+        load_sampler(tmp_path / "bad")
+    (tmp_path / "bad" / "fersynth.json").write_text('{"kind": "gan", "config": {}}')
+    (tmp_path / "bad" / "generator.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable"):
-        load_sampler(tmp_path / "bad.safetensors")
+        load_sampler(tmp_path / "bad")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,7 +396,7 @@ def test_run_train_generator_writes_generator_samples_and_metrics(demo, judge, t
     metrics_path = tmp_path / "metrics" / "generator.json"
     cfg = GeneratorConfig(kind="gan", gan=TINY)
     metrics = run_train_generator(cfg, data_dir, judge_path, out, tmp_path / "live", metrics_path, progress=False)
-    assert (out / "generator.safetensors").is_file() and (out / "checkpoints" / "last.safetensors").is_file()
+    assert (out / "model" / "generator.safetensors").is_file() and (out / "checkpoints" / "last.safetensors").is_file()
     pngs = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert pngs == ["final.png", "step_000002.png", "step_000004.png"]
     from PIL import Image
@@ -399,7 +406,7 @@ def test_run_train_generator_writes_generator_samples_and_metrics(demo, judge, t
     on_disk = json.loads(metrics_path.read_text())
     assert on_disk["steps"] == 4 and on_disk["kind"] == "gan" and set(on_disk["gan_test"]) == {"overall", "per_class"}
     assert on_disk["kid"] == metrics["kid"] and on_disk["steps_per_s"] > 0
-    assert load_sampler(out / "generator.safetensors").kind == "gan"
+    assert load_sampler(out / "model").kind == "gan"
     assert (tmp_path / "live" / "metrics.json").is_file()
 
 
@@ -417,7 +424,7 @@ def test_run_train_generator_with_the_diffusion_kind(demo, judge, tmp_path):
     metrics = run_train_generator(GeneratorConfig(kind="diffusion", diffusion=diffusion), _prepared(tmp_path, demo),
                             judge_path, out, None, tmp_path / "generator.json", progress=False)
     assert metrics["kind"] == "diffusion" and metrics["steps"] == 4 and "kid" in metrics
-    assert load_sampler(out / "generator.safetensors").kind == "diffusion"
+    assert load_sampler(out / "model").kind == "diffusion"
     assert (out / "samples" / "final.png").is_file()
 
 

@@ -3,10 +3,10 @@ atomic output, and both generator kinds."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -18,6 +18,7 @@ from generators.config import GanConfig, GenerateConfig
 from generators.gan_sampling import save_generator
 from generators.gan_training import train_gan
 from generators.registry import load_sampler
+from generators.sampling import generator_sha256
 from pipelines.generate import class_counts, run_generate
 from runtime.errors import UserError
 from runtime.labels import EXPRESSIONS
@@ -35,7 +36,7 @@ def gan_path(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     images, labels = draw_demo_faces(12, seed=2)
     result = train_gan(images, labels, GanConfig(**TINY), progress=False)
-    path = tmp_path_factory.mktemp("gan") / "generator.safetensors"
+    path = tmp_path_factory.mktemp("gan") / "model"
     save_generator(path, result.generator, GanConfig(**TINY), steps=result.steps)
     return path
 
@@ -65,7 +66,7 @@ def test_generate_per_class_writes_dataset_manifest_and_regenerates_exactly(gan_
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
     assert manifest["kind"] == "gan" and manifest["truncation"] == 1.5 and manifest["total"] == 28
-    assert manifest["generator_sha256"] == hashlib.sha256(gan_path.read_bytes()).hexdigest()
+    assert manifest["generator_sha256"] == generator_sha256(gan_path)
     assert manifest["counts"]["disgust"] == 4 and manifest["seeds"]["first"] == 30_000_000
     # any image comes back from (generator file, label, seed) alone
     sampler = load_sampler(gan_path)
@@ -115,8 +116,8 @@ def test_output_is_atomic_and_errors_are_user_errors(gan_path, tmp_path, monkeyp
         run_generate(GenerateConfig(per_class=2, export_csv=True), gan_path, REAL, out, progress=False)
     assert (out / "manifest.json").read_text() == before  # the old complete output is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]  # no temporary leftovers
-    with pytest.raises(UserError, match="not found"):
-        run_generate(GenerateConfig(per_class=1), tmp_path / "missing.safetensors", REAL, tmp_path / "x", progress=False)
+    with pytest.raises(UserError, match="no generator here"):
+        run_generate(GenerateConfig(per_class=1), tmp_path / "missing", REAL, tmp_path / "x", progress=False)
     with pytest.raises(UserError, match="not found"):
         load_synthetic(tmp_path / "nowhere")
 
@@ -130,7 +131,7 @@ def test_generate_with_a_diffusion_generator(tmp_path):
     cfg = DiffusionConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
                           attention_head_dim=8, num_inference_steps=2, sample_unet_batch=8, device="cpu")
     torch.manual_seed(0)
-    path = tmp_path / "generator.safetensors"
+    path = tmp_path / "model"
     save_diffusion_sampler(path, build_unet(cfg).eval(), cfg)
     out = tmp_path / "synthetic"
     manifest = run_generate(GenerateConfig(policy="counts", counts=[1, 0, 0, 2, 0, 0, 1], guidance_scale=1.5),
@@ -155,7 +156,7 @@ def test_edit_mode_records_sources_and_regenerates_and_the_gan_refuses(gan_path,
     cfg = DiffusionConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
                           attention_head_dim=8, num_inference_steps=4, sample_unet_batch=8, device="cpu")
     torch.manual_seed(0)
-    path = tmp_path / "generator.safetensors"
+    path = tmp_path / "model"
     save_diffusion_sampler(path, build_unet(cfg).eval(), cfg)
     gen_cfg = GenerateConfig(policy="counts", counts=[3, 2, 0, 0, 0, 0, 0], mode="edit", edit_strength=0.5,
                              edit_from=["happy", "neutral"])
@@ -173,3 +174,66 @@ def test_edit_mode_records_sources_and_regenerates_and_the_gan_refuses(gan_path,
     with pytest.raises(UserError, match="diffusion generator") as e:
         run_generate(gen_cfg, gan_path, REAL, tmp_path / "gan", progress=False, real_train=real)
     assert "\n" not in str(e.value) and not (tmp_path / "gan").exists()
+
+
+def write_foreign_set(root: Path, layout: str) -> dict[str, list]:
+    """Faces as another generator's script would save them: RGB, 64x64 or 37x41, class folders named by
+    aliases (or a Hugging Face metadata.csv), not fersynth's format. Returns expression -> arrays written."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    names = {"angry": "anger", "happy": "happiness", "surprise": "surprised", "neutral": "neutral"}
+    written: dict[str, list] = {}
+    rows = ["file_name,label"]
+    for k, (expression, alias) in enumerate(names.items()):
+        for i in range(3):
+            pixels = rng.integers(0, 256, size=(64, 64, 3) if i % 2 else (41, 37, 3), dtype=np.uint8)
+            rel = f"{alias}/img_{i}.png" if layout == "classes" else f"images/{k}_{i}.jpg" if i == 2 else f"images/{k}_{i}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / rel)
+            rows.append(f"{rel},{alias if i else EXPRESSIONS.index(expression)}")
+            written.setdefault(expression, []).append(root / rel)
+    if layout == "metadata":
+        (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return written
+
+
+@pytest.mark.parametrize("layout", ["classes", "metadata"])
+def test_generate_reads_a_folder_made_elsewhere_exactly_as_prepare_reads_images(layout, tmp_path):
+    """generate.source folder: class names through the aliases, any size or colour preprocessed exactly as
+    prepare's image-folder reader, seeds -1, and the manifest names the folder, its sha256 and each file."""
+    from facedata.sources.image_folder import _load_gray48
+
+    written = write_foreign_set(tmp_path / "theirs", layout)
+    cfg = GenerateConfig(source="folder", folder=str(tmp_path / "theirs"))
+    manifest = generate.import_folder(cfg.folder, {}, False, REAL, tmp_path / "synthetic", cfg)
+    data, seeds = load_synthetic(tmp_path / "synthetic")
+    assert len(data) == 12 and bool((seeds == -1).all())
+    assert manifest["source"] == "folder" and manifest["counts"]["happy"] == 3 and manifest["counts"]["disgust"] == 0
+    for i, name in enumerate(manifest["file_names"]):
+        expression = EXPRESSIONS[int(data.labels[i])]
+        path = tmp_path / "theirs" / name
+        assert path in written[expression], (name, expression)
+        assert torch.equal(data.images[i, 0], torch.from_numpy(_load_gray48(path)))
+    again = generate.import_folder(cfg.folder, {}, False, REAL, tmp_path / "again", cfg)
+    assert again["folder_sha256"] == manifest["folder_sha256"]
+    Path(written["happy"][0]).write_bytes(Path(written["angry"][0]).read_bytes())
+    assert generate.import_folder(cfg.folder, {}, False, REAL, tmp_path / "again", cfg)["folder_sha256"] != manifest["folder_sha256"]
+
+
+def test_a_foreign_folder_with_an_unknown_class_or_label_is_one_clear_error(tmp_path):
+    write_foreign_set(tmp_path / "classes", "classes")
+    (tmp_path / "classes" / "suprise").mkdir()
+    with pytest.raises(UserError, match="did you mean surprise"):
+        generate.import_folder(tmp_path / "classes", {}, False, REAL, tmp_path / "out")
+    assert generate.import_folder(tmp_path / "classes", {"suprise": "drop"}, False, REAL, tmp_path / "out")["total"] == 12
+    write_foreign_set(tmp_path / "hf", "metadata")
+    with open(tmp_path / "hf" / "metadata.csv", "a") as f:
+        f.write("images/0_0.png,smirk\n")
+    with pytest.raises(UserError, match=r"metadata.csv, row 14: label 'smirk'"):
+        generate.import_folder(tmp_path / "hf", {}, False, REAL, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(UserError, match="synthetic folder"):
+        generate.import_folder(tmp_path / "nowhere", {}, False, REAL, tmp_path / "out2")
+    with pytest.raises(ValueError, match="mode 'edit' needs source 'model'"):
+        GenerateConfig(source="folder", mode="edit")

@@ -131,8 +131,8 @@ def test_train_gan_killed_and_rerun_matches_an_uninterrupted_run(project):
 
     assert load_checkpoint(checkpoint)[1]["step"] < 40, "killed before the end"
     assert "resuming GAN training" in run([FERSYNTH, "train-generator", *common], work)
-    final = work / "models" / "generator" / "generator.safetensors"
-    assert_same_tensors(ref / "models" / "generator" / "generator.safetensors", final)
+    final = work / "models" / "generator" / "model" / "generator.safetensors"
+    assert_same_tensors(ref / "models" / "generator" / "model" / "generator.safetensors", final)
     assert_same_curves(ref / "dvclive" / "generator", work / "dvclive" / "generator", timing={"steps_per_s"})
 
     mirror_train_faces(project / "data" / "prepared")

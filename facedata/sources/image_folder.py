@@ -1,4 +1,5 @@
-"""Image-folder datasets: `<root>/<split>/<class>/<image>` or `<root>/<class>/<image>`.
+"""Image-folder datasets: `<root>/<split>/<class>/<image>` or `<root>/<class>/<image>`, and (for
+synthetic sets made elsewhere) Hugging Face imagefolders labelled by `metadata.csv`.
 
 Covers exports of CK+, RAF-DB, AffectNet, JAFFE and FER2013's own image-folder copy. Any Pillow
 format is read, colour is converted to grayscale and other sizes are resized to 48x48. Folder
@@ -10,10 +11,12 @@ is dropped and counted with --lenient.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,8 @@ CLASS_ALIASES = {
 
 def _load_gray48(path: Path) -> np.ndarray | str:
     """One image as uint8 48x48, or the name of what is wrong with it."""
+    if not path.is_file():
+        return "missing"
     try:
         with Image.open(path) as im:
             im.load()  # force a full decode so truncated files fail here
@@ -74,18 +79,15 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def read_image_folder(root: str | Path, class_map: dict[str, str] | None = None, lenient: bool = False) -> RawSplits:
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: image folder not found; set data.path to a folder laid out as <class>/<image> or <split>/<class>/<image>")
-    mapping = {**CLASS_ALIASES, **(class_map or {})}
+def _folder_files(root: Path, mapping: dict[str, str], lenient: bool, rejected: Counter,
+                  dropped: Counter) -> tuple[list[tuple[str, int, Path]], bool]:
+    """(split, label, path) of every image under <root>/<class>/ or <root>/<split>/<class>/, and
+    whether the root was split."""
     top = _class_dirs(root)
     if not top:
         raise UserError(f"{root}: contains no class folders; expected <root>/<class>/<image> or <root>/<split>/<class>/<image>")
     presplit = all(d.name.lower() in SPLIT_ALIASES for d in top)
     groups = {SPLIT_ALIASES[d.name.lower()]: d for d in top} if presplit else {"all": root}
-
-    rejected, dropped = Counter(), Counter()
     files: list[tuple[str, int, Path]] = []
     for split, folder in groups.items():
         for class_dir in _class_dirs(folder):
@@ -102,24 +104,65 @@ def read_image_folder(root: str | Path, class_map: dict[str, str] | None = None,
                 rejected["empty_class_folder"] += 1
                 continue
             files += [(split, EXPRESSIONS.index(target), p) for p in members]
-    if not files:
-        raise UserError(f"{root}: no images in folders named like the 7 expressions; map your folder names with data.class_map")
+    return files, presplit
 
+
+def _metadata_files(root: Path, mapping: dict[str, str], lenient: bool, dropped: Counter) -> list[tuple[str, int, Path]]:
+    """(split, label, path) from Hugging Face imagefolder `metadata.csv` files (columns file_name and
+    label: an expression name or alias, or its FER2013 index 0-6), at the root or in split folders."""
+    files: list[tuple[str, int, Path]] = []
+    for meta in sorted(root.rglob("metadata.csv")):
+        split_name = meta.parent.name.lower() if meta.parent != root else "all"
+        with open(meta, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"file_name", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise UserError(f"{meta}: needs columns file_name and label (Hugging Face imagefolder); missing {', '.join(sorted(missing))}")
+            for row_no, row in enumerate(reader, start=2):
+                value = (row["label"] or "").strip()
+                target = EXPRESSIONS[int(value)] if value.isdigit() and int(value) < len(EXPRESSIONS) else mapping.get(value.lower())
+                if target is None and not lenient:
+                    raise UserError(f"{meta}, row {row_no}: label '{value}' is not an expression ({', '.join(EXPRESSIONS)} "
+                                    "or their index 0-6); fix it, map it with data.class_map, or pass --lenient")
+                if target is None or target == "drop":
+                    dropped[value] += 1
+                    continue
+                files.append((SPLIT_ALIASES.get(split_name, "all"), EXPRESSIONS.index(target), meta.parent / row["file_name"]))
+    return files
+
+
+def _read_images(files: list[tuple[str, int, Path]], lenient: bool, rejected: Counter) -> list[tuple[str, int, Path, np.ndarray]]:
+    """Every listed image as uint8 48x48 grayscale, read in threads; bad files stop strict mode."""
     with Progress(transient=True) as progress, ThreadPoolExecutor(max_workers=4) as pool:
         task = progress.add_task(f"reading {len(files)} images", total=len(files))
         results = []
         for r in pool.map(_load_gray48, (p for _, _, p in files)):
             results.append(r)
             progress.advance(task)
-
-    out: dict[str, tuple[list, list]] = {}
+    good = []
     for (split, label, path), img in zip(files, results):
         if isinstance(img, str):
             if not lenient:
-                what = "is not an image Pillow can read" if img == "not_an_image" else "is truncated or corrupt"
+                what = {"not_an_image": "is not an image Pillow can read", "missing": "is listed but does not exist"}.get(
+                    img, "is truncated or corrupt")
                 raise UserError(f"{path}: {what}; delete or replace it (or pass --lenient to skip it)")
             rejected[img] += 1
             continue
+        good.append((split, label, path, img))
+    return good
+
+
+def read_image_folder(root: str | Path, class_map: dict[str, str] | None = None, lenient: bool = False) -> RawSplits:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: image folder not found; set data.path to a folder laid out as <class>/<image> or <split>/<class>/<image>")
+    mapping = {**CLASS_ALIASES, **(class_map or {})}
+    rejected, dropped = Counter(), Counter()
+    files, presplit = _folder_files(root, mapping, lenient, rejected, dropped)
+    if not files:
+        raise UserError(f"{root}: no images in folders named like the 7 expressions; map your folder names with data.class_map")
+    out: dict[str, tuple[list, list]] = {}
+    for split, label, _, img in _read_images(files, lenient, rejected):
         out.setdefault(split, ([], []))
         out[split][0].append(img)
         out[split][1].append(label)
@@ -130,3 +173,38 @@ def read_image_folder(root: str | Path, class_map: dict[str, str] | None = None,
         for s, (imgs, labels) in out.items()
     }
     return RawSplits(splits, rejected, dropped, presplit=presplit)
+
+
+@dataclass
+class LabelledFolder:
+    """Every face of a labelled folder, whatever its splits: uint8 N x 1 x 48 x 48, labels, and each
+    face's file relative to the root (in that order)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    files: list[str]
+    rejected: Counter
+    dropped_classes: Counter
+
+
+def read_labelled_folder(root: str | Path, class_map: dict[str, str] | None = None, lenient: bool = False,
+                         what: str = "image folder") -> LabelledFolder:
+    """Faces from a folder made anywhere: a Hugging Face imagefolder with `metadata.csv` (file_name,
+    label), or `<class>/<image>` / `<split>/<class>/<image>`; any size or colour, preprocessed exactly as
+    `prepare` reads image folders (grayscale, 48x48). Splits are pooled."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: {what} not found; give a folder laid out as <class>/<image> or a Hugging Face "
+                        "imagefolder with metadata.csv (file_name, label)")
+    mapping = {**CLASS_ALIASES, **(class_map or {})}
+    rejected, dropped = Counter(), Counter()
+    if any(root.rglob("metadata.csv")):
+        files = _metadata_files(root, mapping, lenient, dropped)
+    else:
+        files, _ = _folder_files(root, mapping, lenient, rejected, dropped)
+    good = _read_images(files, lenient, rejected)
+    if not good:
+        raise UserError(f"{root}: no readable faces labelled with one of the 7 expressions")
+    return LabelledFolder(torch.from_numpy(np.stack([g[3] for g in good])).unsqueeze(1),
+                          torch.tensor([g[1] for g in good], dtype=torch.int64),
+                          [g[2].relative_to(root).as_posix() for g in good], rejected, dropped)
