@@ -113,21 +113,43 @@ def export(
 @app.command()
 @user_errors
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Photos, or folders searched recursively for images.", show_default=False)],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Photos, or folders searched recursively for images; or one video (.mp4 .avi .mov .mkv .webm .m4v).", show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write per-face boxes, expressions and probabilities to this JSON file.")] = None,
     annotate: Annotated[Path | None, typer.Option(help="Also write each photo with boxes and labels drawn, as PNG, to this folder.")] = None,
     margin: MarginOpt = 0.0,
     tta: TtaOpt = None,
+    camera: Annotated[int | None, typer.Option(help="Run on this camera (0: the first) instead of files; Ctrl-C stops and writes the outputs.", show_default=False)] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Video: write one row per face per frame (box, track id, smoothed probabilities) to this CSV.")] = None,
+    annotate_video: Annotated[Path | None, typer.Option(help="Video: write the video with boxes, track ids and expressions drawn to this .mp4 (or .avi, .mov, .mkv).")] = None,
+    detect_every: Annotated[int, typer.Option(help="Video: run the full face detector every this many frames; faces are followed by a cheap local search in between.")] = 5,
+    smooth: Annotated[int, typer.Option(help="Video: average each face's probabilities over its last this many frames (1: no smoothing).")] = 5,
+    max_frames: Annotated[int, typer.Option(help="Video: stop after this many frames (0: all).")] = 0,
 ) -> None:
-    """Find the faces in photos (any size, colour or grayscale) and classify their expressions.
+    """Find the faces in photos (any size, colour or grayscale) or in a video or camera, and classify their expressions.
 
-    Prints a table (and writes JSON with --json); a photo with no face is listed as such. An unreadable file gets one line on stderr and is skipped, the others still run, and the exit code is then 1.
+    Photos: prints a table (and writes JSON with --json); a photo with no face is listed as such. An unreadable file gets one line on stderr and is skipped, the others still run, and the exit code is then 1.
+
+    Video or --camera: faces are tracked with stable ids and their expressions smoothed; prints a summary, writes --csv and --annotate-video. An unreadable video is an error, and nothing is written.
     """
     require_torchvision()
+    from runtime.errors import UserError
     from tools.predict import run_predict
+    from tools.video import print_summary, run_video, video_source
 
-    results = run_predict(paths, model, json_out, annotate, margin, tta and tta.value)
+    source = video_source(paths or [], camera)
+    if source is not None:
+        if json_out is not None or annotate is not None:
+            raise UserError("--json and --annotate are for photos; for a video or --camera use --csv and --annotate-video")
+        summary = run_video(source, model, csv_out, annotate_video, margin, tta and tta.value, detect_every, smooth, max_frames)
+        print_summary(summary, detect_every, smooth)
+        for what, path in (("per-frame predictions", csv_out), ("annotated video", annotate_video)):
+            if path is not None:
+                typer.echo(f"{what} -> {path}")
+        return
+    if csv_out is not None or annotate_video is not None:
+        raise UserError("--csv and --annotate-video are for a video or --camera; for photos use --json and --annotate")
+    results = run_predict(paths or [], model, json_out, annotate, margin, tta and tta.value)
     if json_out is not None:
         typer.echo(f"predictions -> {json_out}")
     failed = sum(r.error is not None for r in results)

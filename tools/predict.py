@@ -188,15 +188,25 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).convert("L"))
 
 
+def classify_boxes(gray: np.ndarray, boxes: np.ndarray, model: torch.nn.Module, cfg: TrainConfig, margin: float = 0.0,
+                   tta: str | None = None) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    """Expression probabilities (K, 7) of the faces at `boxes`, all in one model call, and the regions cropped.
+
+    One batched call, whatever the number of faces: the video path classifies every face of a frame here.
+    """
+    from classifiers.training import predict_proba
+
+    faces, regions = crop_faces(gray, boxes, margin)
+    probs = predict_proba(model, faces, cfg, tta=tta) if len(faces) else torch.zeros(0, len(EXPRESSIONS))
+    return probs, regions
+
+
 def predict_faces(rgb: np.ndarray, model: torch.nn.Module, cfg: TrainConfig, detector: FaceDetector,
                   margin: float = 0.0, tta: str | None = None) -> list[FaceResult]:
     """Detect and classify every face in an RGB (H, W, 3) or grayscale (H, W) uint8 photo."""
-    from classifiers.training import predict_proba
-
     gray = to_gray(rgb)
     boxes = detector.detect(gray)
-    faces, regions = crop_faces(gray, boxes, margin)
-    probs = predict_proba(model, faces, cfg, tta=tta) if len(faces) else torch.zeros(0, len(EXPRESSIONS))
+    probs, regions = classify_boxes(gray, boxes, model, cfg, margin, tta)
     results = []
     for box, region, p in zip(boxes.tolist(), regions, probs):
         k = int(p.argmax())
@@ -239,6 +249,11 @@ def collect_photos(paths: Iterable[Path]) -> list[tuple[Path, str | None]]:
 
 def annotate(rgb: np.ndarray, faces: Sequence[FaceResult]) -> Image.Image:
     """The photo with each face's box and predicted expression drawn on it."""
+    return draw_labelled_boxes(rgb, [(face.box, f"{face.expression} {face.confidence:.2f}") for face in faces])
+
+
+def draw_labelled_boxes(rgb: np.ndarray, labelled: Sequence[tuple[Sequence[int], str]]) -> Image.Image:
+    """The photo with each (box x, y, w, h, label) drawn on it: a red frame, the label on a red band above it."""
     image = Image.fromarray(rgb).convert("RGB")
     draw = ImageDraw.Draw(image)
     line = max(2, round(max(image.size) / 300))
@@ -246,10 +261,8 @@ def annotate(rgb: np.ndarray, faces: Sequence[FaceResult]) -> Image.Image:
         font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))
     except TypeError:  # Pillow < 10.1: the fixed-size bitmap font
         font = ImageFont.load_default()
-    for face in faces:
-        x, y, w, h = face.box
+    for (x, y, w, h), label in labelled:
         draw.rectangle((x, y, x + w, y + h), outline=(255, 40, 40), width=line)
-        label = f"{face.expression} {face.confidence:.2f}"
         left, top, right, bottom = draw.textbbox((x, y), label, font=font)
         top_y = y - (bottom - top) - 2 * line if y - (bottom - top) - 2 * line >= 0 else y + h
         draw.rectangle((x, top_y, x + (right - left) + 2 * line, top_y + (bottom - top) + 2 * line), fill=(255, 40, 40))
@@ -273,6 +286,12 @@ def load_model(path: Path) -> tuple[torch.nn.Module, TrainConfig]:
     return model, cfg
 
 
+def check_margin(margin: float) -> None:
+    """UserError unless `margin` is a crop margin that keeps some face: -0.2 to 1.0 of the box side."""
+    if not math.isfinite(margin) or not -0.2 <= margin <= 1.0:
+        raise UserError(f"--margin must be between -0.2 and 1.0 (a fraction of the face box side), got {margin}")
+
+
 def run_predict(paths: Sequence[Path], model_path: Path, json_path: Path | None, annotate_dir: Path | None,
                 margin: float, tta: str | None, detector_cfg: DetectorConfig = DetectorConfig()) -> list[ImageResult]:
     """Predict on every photo, print a table and one line per unreadable file, write JSON and annotations.
@@ -282,8 +301,7 @@ def run_predict(paths: Sequence[Path], model_path: Path, json_path: Path | None,
     from rich.console import Console
     from rich.table import Table
 
-    if not math.isfinite(margin) or not -0.2 <= margin <= 1.0:
-        raise UserError(f"--margin must be between -0.2 and 1.0 (a fraction of the face box side), got {margin}")
+    check_margin(margin)
     photos = collect_photos(paths)
     if not photos:
         raise UserError("no photos given; pass image files or folders")
