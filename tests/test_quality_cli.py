@@ -107,3 +107,41 @@ def test_quality_cli_missing_inputs_are_one_line_errors(world):
                                       "--judge", "judge.safetensors", "--classifier", "absent.safetensors"])
     assert result.exit_code == 2 and "absent.safetensors" in result.output
     assert not Path("q.json").exists()
+
+
+def write_png_folder(images: torch.Tensor, labels: torch.Tensor, root: Path, layout: str) -> None:
+    """Faces as a script outside fersynth writes them: RGB PNGs, by class folder or with an HF metadata.csv."""
+    from PIL import Image
+
+    from runtime.labels import EXPRESSIONS
+
+    rows = ["file_name,label"]
+    for i, (image, label) in enumerate(zip(images[:, 0].numpy(), labels.tolist())):
+        rel = f"{EXPRESSIONS[label]}/{i:05d}.png" if layout == "classes" else f"faces/{i:05d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).convert("RGB").save(root / rel)
+        rows.append(f"{rel},{EXPRESSIONS[label]}")
+    if layout == "metadata":
+        (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_quality_of_two_plain_folders_matches_the_same_faces_as_tensors(world):
+    """--real and --synthetic as any two image folders (one by class, one an HF imagefolder) give exactly
+    the numbers of the same faces read from fersynth's tensors."""
+    from facedata.synthetic import load_synthetic
+
+    fake, _ = load_synthetic(world / "synthetic")
+    order = torch.argsort(fake.labels, stable=True)  # grouped by class, as class folders read back
+    fake = LabelledImages(fake.images[order].contiguous(), fake.labels[order].contiguous())
+    save_file({"images": fake.images, "labels": fake.labels, "seeds": order}, str(world / "synthetic" / "synthetic.safetensors"))
+    write_png_folder(fake.images, fake.labels, world / "theirs", "classes")
+    real = load_train(world)
+    write_png_folder(real.images, real.labels, world / "real_png", "metadata")
+    from_tensors = quality("--synthetic", "synthetic")
+    result = CliRunner().invoke(app, ["quality", "--real", "real_png", "--synthetic", "theirs", "--judge", "judge.safetensors",
+                                      "--out", "folders.json"])
+    assert result.exit_code == 0, result.output
+    from_folders = json.loads(Path("folders.json").read_text())
+    assert from_folders["n_real"] == 140 and from_folders["n_synthetic"] == 70
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage", "gan_test", "per_class"):
+        assert from_folders[key] == from_tensors[key], key

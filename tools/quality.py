@@ -1,4 +1,8 @@
-"""`fersynth quality`: set-level metrics of any synthetic set against real train, printed as a table."""
+"""`fersynth quality`: set-level metrics of any synthetic set against real faces, printed as a table.
+
+Either side may be a fersynth folder (prepared data: its train split; a generated or filtered set) or a
+plain image folder made anywhere (`<class>/<image>` or a Hugging Face imagefolder with metadata.csv), read
+exactly as `prepare` reads image folders, so two folders compare as `fidelity --input1 --input2` does."""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from classifiers.judge import load_judge
-from facedata.prepared import load_prepared
-from facedata.synthetic import load_synthetic
+from facedata.prepared import LabelledImages, load_split
+from facedata.sources.image_folder import read_labelled_folder
+from facedata.synthetic import DATA_FILE, load_synthetic
 from quality.config import FilterConfig
 from quality.perceptual import load_lpips
 from quality.readings import inception_reference, quality_readings
@@ -41,11 +46,22 @@ def independent_gan_test(classifier_path: Path, images, labels) -> dict:
     return gan_test(predict_proba(model, images, clf_cfg), labels)
 
 
+def load_faces(path: Path, what: str, class_map: dict[str, str] | None = None, lenient: bool = False) -> LabelledImages:
+    """Labelled faces from prepared data (its train split), a fersynth synthetic set, or any image folder."""
+    path = Path(path)
+    if (path / "train.safetensors").is_file():
+        return load_split(path / "train.safetensors")
+    if (path / DATA_FILE).is_file():
+        return load_synthetic(path)[0]
+    folder = read_labelled_folder(path, class_map, lenient, what=what)
+    return LabelledImages(folder.images, folder.labels)
+
+
 def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_path: Path, out: Path | None,
-                classifier: Path | None = None) -> dict:
+                classifier: Path | None = None, class_map: dict[str, str] | None = None, lenient: bool = False) -> dict:
     judge = load_judge(judge_path)
-    train = load_prepared(data_dir)["train"]
-    fake, _ = load_synthetic(synthetic_dir)
+    train = load_faces(data_dir, "real faces (--real)", class_map, lenient)
+    fake = load_faces(synthetic_dir, "synthetic faces (--synthetic)", class_map, lenient)
     lpips_fn, distance = load_lpips(cfg.lpips)
     inception, inception_note = inception_reference(cfg, train)
     fake_feats, probs = judge.features_and_probabilities(fake.images)
@@ -56,7 +72,7 @@ def run_quality(cfg: FilterConfig, data_dir: Path, synthetic_dir: Path, judge_pa
     metrics["inception_features"] = inception_note
     if classifier is not None:
         metrics["gan_test_independent"] = {"classifier": str(classifier), **independent_gan_test(classifier, fake.images, fake.labels)}
-    table = Table(title=f"quality of {synthetic_dir} ({metrics['n_synthetic']} images) vs real train")
+    table = Table(title=f"quality of {synthetic_dir} ({metrics['n_synthetic']} images) vs {data_dir} ({metrics['n_real']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("meaning")
