@@ -14,9 +14,9 @@ from runtime.labels import EXPRESSIONS
 GRID_UPSCALE = 2
 
 
-def save_grid(images_uint8: torch.Tensor, path: Path) -> None:
-    """Row-major grid images (7 rows, one per expression) -> an upscaled PNG, atomically."""
-    per_row = max(1, len(images_uint8) // len(EXPRESSIONS))
+def save_grid(images_uint8: torch.Tensor, path: Path, per_row: int | None = None) -> None:
+    """Row-major grid images (by default 7 rows, one per expression) -> an upscaled PNG, atomically."""
+    per_row = per_row or max(1, len(images_uint8) // len(EXPRESSIONS))
     grid = torchvision.utils.make_grid(images_uint8.float() / 255, nrow=per_row, padding=2, pad_value=1.0)[:1]
     grid = torch.nn.functional.interpolate(grid[None], scale_factor=GRID_UPSCALE, mode="nearest")[0]
     with atomic.atomic_path(path) as tmp:

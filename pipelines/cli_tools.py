@@ -1,5 +1,5 @@
 """The `fersynth` user tools, beside the stages: train-classifier, evaluate, quality, export (of the synthetic
-set), and predict, explain and export-model (using a trained classifier).
+set), sample (from a generator), and predict, explain and export-model (using a trained classifier).
 
 Registered on the main app when `pipelines/cli.py` imports this module. As there, the work is imported inside each command
 so that `fersynth --help` stays instant.
@@ -75,19 +75,21 @@ def evaluate(
 @app.command()
 @user_errors
 def quality(
-    synthetic: Annotated[Path, typer.Option(help="A synthetic set (data/synthetic or data/filtered).")] = Path("data/filtered"),
+    synthetic: Annotated[Path, typer.Option(help="Synthetic faces: a fersynth set (data/synthetic, data/filtered) or any image folder (<class>/<image>, or an HF imagefolder with metadata.csv).")] = Path("data/filtered"),
+    real: Annotated[Path, typer.Option("--real", "--data", help="Real faces: prepared data (its train split) or any image folder.")] = Path("data/prepared"),
     params: ParamsOpt = Path("params.yaml"),
-    data: DataOpt = Path("data/prepared"),
     judge: JudgeOpt = Path("models/judge/model.safetensors"),
     out: Annotated[Path | None, typer.Option(help="Also write the metrics to this JSON file.")] = None,
     classifier: Annotated[Path | None, typer.Option(help="Also a GAN-test by this classifier (one the generator never saw).")] = None,
 ) -> None:
-    """Set-level quality of a synthetic set against real train: FID/KID, precision/recall, density/coverage, GAN-test."""
+    """Set-level quality of synthetic faces against real ones (any two folders): FID/KID, precision/recall,
+    density/coverage, GAN-test, in the judge's feature space (and Inception's when installed)."""
     require_torchvision()
     from pipelines.config import load_section
     from tools.quality import run_quality
 
-    run_quality(load_section("filter", params), data, synthetic, judge, out, classifier)
+    data_cfg = load_section("data", params)
+    run_quality(load_section("filter", params), real, synthetic, judge, out, classifier, data_cfg.class_map, data_cfg.lenient)
 
 
 @app.command()
@@ -108,6 +110,26 @@ def export(
     from tools.export_dataset import run_export
 
     run_export(filtered, quality_json, params, generator, data, out, allow_edits, allow_memorization_risk, license_id)
+
+
+@app.command()
+@user_errors
+def sample(
+    classes: Annotated[str, typer.Option("--class", help="Expressions, comma-separated (happy,sad), or all: one grid row each.")],
+    seeds: Annotated[str, typer.Option(help="Seeds: 0-15, or 0,4,7-9: one grid column each.")],
+    out: Annotated[Path, typer.Option(help="The grid PNG to write.")] = Path("grid.png"),
+    generator: Annotated[Path, typer.Option(help="A generator folder saved by train-generator (GAN or diffusion).")] = Path("models/generator/model"),
+    faces: Annotated[Path | None, typer.Option(help="Also write each face as <folder>/<expression>/seed<seed>.png.")] = None,
+    truncation: Annotated[float | None, typer.Option(min=1e-6, help="GAN: resample |z| components above this.")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="Diffusion: classifier-free guidance (default 2.0, as generate).")] = None,
+) -> None:
+    """Draw chosen expressions and seeds from a trained generator as a grid; face (class, seed) is the one
+    `generate` and an exported set's metadata.csv name."""
+    require_torchvision()
+    from tools.sample import run_sample
+
+    images = run_sample(generator, classes, seeds, out, faces, truncation, guidance_scale)
+    typer.echo(f"{len(images)} faces -> {out}" + (f" and {faces}/" if faces is not None else ""))
 
 
 @app.command()

@@ -425,6 +425,9 @@ def test_run_train_generator_with_the_diffusion_kind(demo, judge, tmp_path):
                             judge_path, out, None, tmp_path / "generator.json", progress=False)
     assert metrics["kind"] == "diffusion" and metrics["steps"] == 4 and "kid" in metrics
     assert load_sampler(out / "model").kind == "diffusion"
+    from diffusers import UNet2DModel
+
+    assert UNet2DModel.from_pretrained(out / "model", subfolder="unet").config.num_class_embeds == 8  # diffusers alone
     assert (out / "samples" / "final.png").is_file()
 
 

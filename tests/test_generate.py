@@ -237,3 +237,31 @@ def test_a_foreign_folder_with_an_unknown_class_or_label_is_one_clear_error(tmp_
         generate.import_folder(tmp_path / "nowhere", {}, False, REAL, tmp_path / "out2")
     with pytest.raises(ValueError, match="mode 'edit' needs source 'model'"):
         GenerateConfig(source="folder", mode="edit")
+
+
+def test_sample_draws_the_classes_and_seeds_asked_as_a_grid(gan_path, tmp_path):
+    """`fersynth sample --class happy,sad --seeds 0-3,9`: a 2 x 5 grid whose tiles are the faces `generate`
+    draws for those labels and seeds, and the same faces as PNGs."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["sample", "--generator", str(gan_path), "--class", "happy,sad", "--seeds", "0-3,9",
+                                      "--out", str(tmp_path / "grid.png"), "--faces", str(tmp_path / "faces")])
+    assert result.exit_code == 0, result.output
+    sampler = load_sampler(gan_path)
+    seeds = torch.tensor([0, 1, 2, 3, 9])
+    want = {(c, s): sampler.sample(torch.tensor([c]), torch.tensor([s]))[0, 0] for c in (3, 4) for s in seeds.tolist()}
+    grid = torch.from_numpy(np.asarray(Image.open(tmp_path / "grid.png").convert("L")))
+    assert tuple(grid.shape) == (2 * (2 * 50 + 2), 2 * (5 * 50 + 2))  # 2 rows x 5 columns, padding 2, upscaled 2x
+    for r, c in enumerate((3, 4)):
+        for k, s in enumerate(seeds.tolist()):
+            top, left = 2 * (2 + 50 * r), 2 * (2 + 50 * k)
+            assert torch.equal(grid[top : top + 96 : 2, left : left + 96 : 2], want[(c, s)]), (c, s)
+            face = np.asarray(Image.open(tmp_path / "faces" / EXPRESSIONS[c] / f"seed{s:08d}.png"))
+            assert torch.equal(torch.from_numpy(face), want[(c, s)])
+    bad = CliRunner().invoke(app, ["sample", "--generator", str(gan_path), "--class", "smug", "--seeds", "0"])
+    assert bad.exit_code == 2 and "'smug' is not an expression" in bad.output
+    bad = CliRunner().invoke(app, ["sample", "--generator", str(gan_path), "--class", "all", "--seeds", "5-2"])
+    assert bad.exit_code == 2 and "'5-2'" in bad.output
