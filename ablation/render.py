@@ -131,13 +131,18 @@ def _source_name(source) -> str:
     return str(source)
 
 
+def _generator_line(generator: dict) -> str:
+    if generator.get("kind") == "none":  # generate.source: folder
+        return f"Synthetic faces: read from the folder `{generator.get('folder')}` (made outside fersynth; no generator trained)."
+    return f"Generator: {generator.get('kind')}, {generator.get('steps')} steps, {generator.get('train_minutes')} min."
+
+
 def render_markdown(summary: dict, table: dict, best: str, quality: dict) -> str:
     d = summary["data"]
     lines = [
         "# fersynth report", "",
         f"Data: `{_source_name(d['source'])}`, real_fraction {d['real_fraction']}, {d['train']} real training faces. "
-        f"Judge test accuracy {summary['judge_test_accuracy']}. Generator: {summary['generator'].get('kind')}, "
-        f"{summary['generator'].get('steps')} steps, {summary['generator'].get('train_minutes')} min.", "",
+        f"Judge test accuracy {summary['judge_test_accuracy']}. {_generator_line(summary['generator'])}", "",
         f"**{verdict(table, best)}**", "", *([f"Warning: {summary['shortfall']}", ""] if summary["shortfall"] else []),
         _teacher_line(summary), "",
         "## Classifiers (test, mean over seeds, 95% t-interval; Δ = seed-averaged paired bootstrap over test images)", "",

@@ -14,6 +14,7 @@ stage only records so (`<out>/model/fersynth.json` of kind `none`), so `dvc repr
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -31,11 +32,15 @@ from runtime.device import hardware, is_main_process
 from runtime.live import dvclive_logger
 
 
-def record_no_generator(folder: str, out_dir: Path, metrics_path: Path) -> dict:
-    """`generate.source: folder`: no generator; the stage's outputs say where the faces come from instead."""
+def record_no_generator(folder: str, out_dir: Path, metrics_path: Path, live_dir: Path | None = Path("dvclive/generator")) -> dict:
+    """`generate.source: folder`: no generator; the stage's outputs say where the faces come from instead
+    (the training curves of an earlier generator are removed: they no longer describe the faces)."""
     note = {"kind": "none", "reason": "generate.source is folder", "folder": folder}
     with atomic.atomic_dir(Path(out_dir) / "model") as tmp:
         write_metadata(tmp, note)
+    if live_dir is not None:
+        shutil.rmtree(live_dir, ignore_errors=True)
+        (Path(live_dir) / "plots" / "metrics").mkdir(parents=True)  # a declared plots output: present, empty
     for empty in ("checkpoints", "samples"):
         (Path(out_dir) / empty).mkdir(parents=True, exist_ok=True)
     atomic.write_text(Path(out_dir) / "samples" / "README.txt", f"No generator was trained: the synthetic faces come from {folder}.\n")

@@ -1,6 +1,7 @@
 """The whole DVC pipeline on tiny demo data: it runs to the report, a second `dvc repro` reruns nothing,
-a classifier-only change retrains only the ablation's classifiers (not the judge, GAN or filter), and an
-experiment run outside the workspace (the executor `dvc exp run --queue` uses) keeps its metrics and report."""
+a classifier-only change retrains only the ablation's classifiers (not the judge, GAN or filter), a queued
+two-value sweep (`dvc exp run --queue -S`, README's recipe) runs and `dvc exp show` reads both back, and a
+folder of faces made elsewhere (generate.source: folder) goes through the filter and the ablation to the report."""
 
 from __future__ import annotations
 
@@ -40,33 +41,38 @@ def _run(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
-def test_repro_is_incremental(tmp_path):
+def _tiny_project(project: Path) -> dict:
+    """The project's tracked files with this checkout's code, TINY params, in a fresh git repo; its params."""
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
     if not tracked or "dvc.yaml" not in tracked:
         pytest.skip("needs a git checkout of the project")
     for rel in tracked:
         if (REPO / rel).is_file():
-            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, tmp_path / rel)
+            (project / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, project / rel)
     for rel in ("dvc.yaml", "params.yaml", "pipelines", "classifiers", "generators", "quality", "runtime", "facedata",
                 "figures", "tools", "ablation"):  # the working tree under test
-        src, dst = REPO / rel, tmp_path / rel
+        src, dst = REPO / rel, project / rel
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params = yaml.safe_load((project / "params.yaml").read_text())
     for section, values in TINY.items():
         merged = {**params.get(section, {}), **values}
         if section == "generator":
             merged["gan"] = {**params[section].get("gan", {}), **values["gan"]}
         params[section] = merged
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert _run(tmp_path, "git", "init", "-q").returncode == 0
-    _run(tmp_path, "git", "add", "-A")
-    _run(tmp_path, "git", "commit", "-qm", "init")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _run(project, "git", "init", "-q").returncode == 0
+    _run(project, "git", "add", "-A")
+    _run(project, "git", "commit", "-qm", "init")
+    return params
 
+
+@pytest.mark.slow
+def test_repro_is_incremental(tmp_path):
+    params = _tiny_project(tmp_path)
     first = _run(tmp_path, "dvc", "repro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage_output in ("metrics/generator.json", "data/filtered/manifest.csv", "metrics/quality.json",
@@ -100,16 +106,18 @@ def test_repro_is_incremental(tmp_path):
             "train_chosen@mix-0", "train_chosen@control-0", "train_cas@0", "report"} <= ran, ran
     assert not ran & {"prepare", "train_judge", "train_generator", "generate", "filter"}, ran
 
-    # --temp runs in a copy under .dvc/tmp/exps, like every queued experiment: what it does not hand
-    # to DVC's cache or to git is lost with the copy (the FER2013 study lost its metrics that way)
+    # a sweep as README shows it: a queued grid runs in copies under .dvc/tmp/exps (as --temp does); what it
+    # does not hand to DVC's cache or to git is lost with the copy (the FER2013 study lost its metrics that way)
     _run(tmp_path, "git", "add", "-A")
     _run(tmp_path, "git", "commit", "-qm", "baseline")
     in_git = _run(tmp_path, "git", "ls-files").stdout.split()
     assert "metrics/ablation.json" in in_git and "reports/summary.json" in in_git  # numbers: git may track them
     leaks = [f for f in in_git if f.endswith((".png", ".html", ".safetensors")) or f.startswith(("data/", "models/", "runs/"))]
     assert not leaks, leaks  # faces (sample grids, the report page, data, checkpoints) never reach git
-    exp = _run(tmp_path, "dvc", "exp", "run", "--temp", "-n", "lr03", "-S", "classifier.lr=0.03")
-    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    queued = _run(tmp_path, "dvc", "exp", "run", "--queue", "-S", "classifier.lr=0.03,0.04")
+    assert queued.returncode == 0 and queued.stdout.count("Queued experiment") == 2, queued.stdout + queued.stderr[-3000:]
+    swept = _run(tmp_path, "dvc", "exp", "run", "--run-all", "-j", "1")
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
     shown = _run(tmp_path, "dvc", "exp", "show", "--json")
     assert shown.returncode == 0, shown.stderr[-3000:]
 
@@ -121,15 +129,67 @@ def test_repro_is_incremental(tmp_path):
             for v in x:
                 yield from entries(v)
 
-    found = [e for e in entries(json.loads(shown.stdout)) if e.get("name") == "lr03" and isinstance(e.get("data"), dict)]
-    assert found, shown.stdout[-3000:]
-    ablation = found[0]["data"]["metrics"]["metrics/ablation.json"]["data"]
-    assert 0 <= ablation["real"]["accuracy"] <= 1, ablation  # dvc exp show reads the experiment's numbers
+    runs = {}
+    for e in entries(json.loads(shown.stdout)):
+        data = e.get("data") if isinstance(e.get("data"), dict) else None
+        lr = ((((data or {}).get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("classifier", {}).get("lr")
+        if data and lr in (0.03, 0.04) and e.get("name"):
+            runs[lr] = (e["name"], data["metrics"]["metrics/ablation.json"]["data"])
+    assert set(runs) == {0.03, 0.04}, shown.stdout[-3000:]  # dvc exp show reads both experiments' numbers
+    for name, ablation in runs.values():
+        assert 0 <= ablation["real"]["accuracy"] <= 1, (name, ablation)
+    name, ablation = runs[0.03]
     (tmp_path / "reports/index.html").unlink()
-    applied = _run(tmp_path, "dvc", "exp", "apply", "lr03")
+    applied = _run(tmp_path, "dvc", "exp", "apply", name)
     assert applied.returncode == 0, applied.stderr[-3000:]
     applied_metrics = json.loads((tmp_path / "metrics/ablation.json").read_text())
     assert applied_metrics["best_arm_on_val"] == ablation["best_arm_on_val"]  # (exp show leaves out nulls)
     assert all(applied_metrics[arm]["accuracy"] == ablation[arm]["accuracy"] for arm in ("real", "soft-s0.25", "synthetic_only"))
     assert (tmp_path / "reports/index.html").is_file() and (tmp_path / "reports/figures/samples.png").is_file()
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["classifier"]["lr"] == 0.03
+
+
+def write_faces_like_another_tool(root: Path, per_class: int = 12) -> None:
+    """A synthetic set as a script outside fersynth saves it: 64x64 RGB PNGs in class folders named by aliases."""
+    import numpy as np
+    from PIL import Image
+
+    from facedata.sources.demo_faces import draw_demo_faces
+
+    faces, labels = draw_demo_faces([per_class] * 7, seed=7)
+    names = ["anger", "disgusted", "fearful", "happiness", "sadness", "surprised", "neutral"]
+    for i, (face, label) in enumerate(zip(faces[:, 0].numpy(), labels.tolist())):
+        (root / names[label]).mkdir(parents=True, exist_ok=True)
+        rgb = np.repeat(face[:, :, None], 3, axis=2)
+        Image.fromarray(rgb).resize((64, 64), Image.Resampling.BICUBIC).save(root / names[label] / f"face_{i:04d}.png")
+
+
+@pytest.mark.slow
+def test_a_folder_of_faces_made_elsewhere_goes_through_filter_and_ablation_to_the_report(tmp_path):
+    """generate.source: folder: `dvc repro` trains no generator and samples nothing, the filter and every
+    arm read the folder's faces, and the report names the folder."""
+    project = tmp_path / "project"
+    params = _tiny_project(project)
+    write_faces_like_another_tool(tmp_path / "their_faces")
+    params["generate"].update(source="folder", folder=str(tmp_path / "their_faces"))
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run = _run(project, "dvc", "repro")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "skipped, the synthetic faces come from" in run.stdout + run.stderr
+    generator = json.loads((project / "metrics/generator.json").read_text())
+    assert generator["kind"] == "none" and generator["folder"] == str(tmp_path / "their_faces")
+    assert not (project / "models/generator/checkpoints/last.safetensors").exists()  # nothing was trained
+    made = json.loads((project / "data/synthetic/manifest.json").read_text())
+    assert made["source"] == "folder" and made["total"] == 84 and made["file_names"][0].startswith("anger/face_")
+    quality = json.loads((project / "metrics/quality.json").read_text())
+    assert quality["n_generated"] == 84 and 0 < quality["n_kept"] <= 84
+    chosen = json.loads((project / "metrics/ablation/chosen_mix_s0.json").read_text())
+    assert chosen["arm"] == "soft-s0.25" and 0 <= chosen["test"]["accuracy"] <= 1
+    summary = (project / "reports/summary.md").read_text()
+    assert f"read from the folder `{tmp_path / 'their_faces'}`" in summary
+    again = _run(project, "dvc", "repro")
+    assert "Running stage" not in again.stdout, again.stdout
+    next((tmp_path / "their_faces" / "happiness").iterdir()).unlink()  # the folder is a dependency
+    third = _run(project, "dvc", "repro")
+    ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
+    assert {"generate", "filter"} <= ran and "train_generator" not in ran, ran

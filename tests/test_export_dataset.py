@@ -90,7 +90,7 @@ def test_export_is_an_imagefolder_datasets_loads_with_a_card_and_regenerable_row
     sampler = load_sampler(generator)
     labels = torch.tensor([EXPRESSIONS.index(faces["label"][i]) for i in order])
     regenerated = sampler.sample(labels, torch.tensor([int(faces["seed"][i]) for i in order]))
-    pixels = torch.stack([torch.from_numpy(np.asarray(faces[i]["image"].convert("L"))) for i in order])[:, None]
+    pixels = torch.stack([torch.from_numpy(np.array(faces[i]["image"].convert("L"))) for i in order])[:, None]
     assert torch.equal(pixels, regenerated) and torch.equal(pixels, kept.images)
 
     card = DatasetCard.load("export/README.md")
