@@ -1,7 +1,8 @@
-"""The whole DVC pipeline on tiny demo data: it runs to the report, a second `dvc repro` reruns nothing,
-a classifier-only change retrains only the ablation's classifiers (not the judge, GAN or filter), a queued
-two-value sweep (`dvc exp run --queue -S`, README's recipe) runs and `dvc exp show` reads both back, and a
-folder of faces made elsewhere (generate.source: folder) goes through the filter and the ablation to the report."""
+"""The whole DVC pipeline on tiny demo data, in one project (each `dvc repro` of it costs minutes of CI): it
+runs to the report, a second `dvc repro` reruns nothing, a queued two-value classifier sweep (`dvc exp run
+--queue -S`, README's recipe) retrains only the ablation's classifiers (not the judge, GAN or filter) and
+`dvc exp show` reads both back, and a folder of faces made elsewhere (generate.source: folder) goes through
+the filter and the ablation to the report."""
 
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ def _tiny_project(project: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_repro_is_incremental(tmp_path):
-    params = _tiny_project(tmp_path)
+def test_repro_is_incremental_sweeps_and_reads_a_folder_of_faces_made_elsewhere(tmp_path):
+    _tiny_project(tmp_path)
     first = _run(tmp_path, "dvc", "repro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage_output in ("metrics/generator.json", "data/filtered/manifest.csv", "metrics/quality.json",
@@ -97,15 +98,6 @@ def test_repro_is_incremental(tmp_path):
     assert second.returncode == 0
     assert "Running stage" not in second.stdout, second.stdout
 
-    params["classifier"]["lr"] = 0.02
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    third = _run(tmp_path, "dvc", "repro")
-    assert third.returncode == 0, third.stderr[-3000:]
-    ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"train_real@real-0", "train_real@no_augment-0", "train_control@distill", "train_mix@soft-s0.25",
-            "train_chosen@mix-0", "train_chosen@control-0", "train_cas@0", "report"} <= ran, ran
-    assert not ran & {"prepare", "train_judge", "train_generator", "generate", "filter"}, ran
-
     # a sweep as README shows it: a queued grid runs in copies under .dvc/tmp/exps (as --temp does); what it
     # does not hand to DVC's cache or to git is lost with the copy (the FER2013 study lost its metrics that way)
     _run(tmp_path, "git", "add", "-A")
@@ -118,6 +110,14 @@ def test_repro_is_incremental(tmp_path):
     assert queued.returncode == 0 and queued.stdout.count("Queued experiment") == 2, queued.stdout + queued.stderr[-3000:]
     swept = _run(tmp_path, "dvc", "exp", "run", "--run-all", "-j", "1")
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+    # a classifier-only change retrains only the ablation's classifiers, never the judge, GAN or filter
+    logs = swept.stdout.split("Reproducing experiment")[1:]
+    assert len(logs) == 2, swept.stdout[-3000:]
+    for log in logs:
+        ran = _stages_run(log)
+        assert {"train_real@real-0", "train_real@no_augment-0", "train_control@distill", "train_mix@soft-s0.25",
+                "train_chosen@mix-0", "train_chosen@control-0", "train_cas@0", "report"} <= ran, ran
+        assert not ran & {"prepare", "train_judge", "train_generator", "generate", "filter"}, ran
     shown = _run(tmp_path, "dvc", "exp", "show", "--json")
     assert shown.returncode == 0, shown.stderr[-3000:]
 
@@ -148,6 +148,43 @@ def test_repro_is_incremental(tmp_path):
     assert (tmp_path / "reports/index.html").is_file() and (tmp_path / "reports/figures/samples.png").is_file()
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["classifier"]["lr"] == 0.03
 
+    # generate.source: folder (a synthetic set made elsewhere): `dvc repro` trains no generator and samples
+    # nothing, the filter and every arm read the folder's faces, and the report names the folder
+    their_faces = tmp_path.parent / f"{tmp_path.name}_their_faces"
+    write_faces_like_another_tool(their_faces)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["generate"].update(source="folder", folder=str(their_faces))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = _run(tmp_path, "dvc", "repro")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "skipped, the synthetic faces come from" in run.stdout + run.stderr
+    assert not _stages_run(run.stdout) & {"prepare", "train_judge"}, run.stdout
+    generator = json.loads((tmp_path / "metrics/generator.json").read_text())
+    assert generator["kind"] == "none" and generator["folder"] == str(their_faces)
+    assert [f.name for f in (tmp_path / "models/generator/model").iterdir()] == ["fersynth.json"]  # no weights to mistake for its source
+    made = json.loads((tmp_path / "data/synthetic/manifest.json").read_text())
+    assert made["source"] == "folder" and made["total"] == 84 and made["file_names"][0].startswith("anger/face_")
+    quality = json.loads((tmp_path / "metrics/quality.json").read_text())
+    assert quality["n_generated"] == 84 and 0 < quality["n_kept"] <= 84
+    chosen = json.loads((tmp_path / "metrics/ablation/chosen_mix_s0.json").read_text())
+    assert chosen["arm"] == "soft-s0.25" and 0 <= chosen["test"]["accuracy"] <= 1
+    assert f"read from the folder `{their_faces}`" in (tmp_path / "reports/summary.md").read_text()
+    assert _changed_stages(tmp_path) == set()  # up to date: a rerun would run nothing
+    next((their_faces / "happiness").iterdir()).unlink()  # the folder is a dependency of generate, not of training
+    changed = _changed_stages(tmp_path)
+    assert "generate" in changed and "train_generator" not in changed, changed
+
+
+def _stages_run(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def _changed_stages(project: Path) -> set[str]:
+    """The stages `dvc status` finds out of date (a stage whose own deps or params changed)."""
+    status = _run(project, "dvc", "status", "--json")
+    assert status.returncode == 0, status.stderr[-3000:]
+    return {name.split(":")[-1] for name in json.loads(status.stdout or "{}")}
+
 
 def write_faces_like_another_tool(root: Path, per_class: int = 12) -> None:
     """A synthetic set as a script outside fersynth saves it: 64x64 RGB PNGs in class folders named by aliases."""
@@ -162,34 +199,3 @@ def write_faces_like_another_tool(root: Path, per_class: int = 12) -> None:
         (root / names[label]).mkdir(parents=True, exist_ok=True)
         rgb = np.repeat(face[:, :, None], 3, axis=2)
         Image.fromarray(rgb).resize((64, 64), Image.Resampling.BICUBIC).save(root / names[label] / f"face_{i:04d}.png")
-
-
-@pytest.mark.slow
-def test_a_folder_of_faces_made_elsewhere_goes_through_filter_and_ablation_to_the_report(tmp_path):
-    """generate.source: folder: `dvc repro` trains no generator and samples nothing, the filter and every
-    arm read the folder's faces, and the report names the folder."""
-    project = tmp_path / "project"
-    params = _tiny_project(project)
-    write_faces_like_another_tool(tmp_path / "their_faces")
-    params["generate"].update(source="folder", folder=str(tmp_path / "their_faces"))
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    run = _run(project, "dvc", "repro")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "skipped, the synthetic faces come from" in run.stdout + run.stderr
-    generator = json.loads((project / "metrics/generator.json").read_text())
-    assert generator["kind"] == "none" and generator["folder"] == str(tmp_path / "their_faces")
-    assert not (project / "models/generator/checkpoints/last.safetensors").exists()  # nothing was trained
-    made = json.loads((project / "data/synthetic/manifest.json").read_text())
-    assert made["source"] == "folder" and made["total"] == 84 and made["file_names"][0].startswith("anger/face_")
-    quality = json.loads((project / "metrics/quality.json").read_text())
-    assert quality["n_generated"] == 84 and 0 < quality["n_kept"] <= 84
-    chosen = json.loads((project / "metrics/ablation/chosen_mix_s0.json").read_text())
-    assert chosen["arm"] == "soft-s0.25" and 0 <= chosen["test"]["accuracy"] <= 1
-    summary = (project / "reports/summary.md").read_text()
-    assert f"read from the folder `{tmp_path / 'their_faces'}`" in summary
-    again = _run(project, "dvc", "repro")
-    assert "Running stage" not in again.stdout, again.stdout
-    next((tmp_path / "their_faces" / "happiness").iterdir()).unlink()  # the folder is a dependency
-    third = _run(project, "dvc", "repro")
-    ran = {line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"generate", "filter"} <= ran and "train_generator" not in ran, ran
