@@ -6,7 +6,7 @@ Writes, atomically as one folder:
                                 filter's manifest.csv
   train/metadata.csv            one row per exported face: file_name, label, id, seed, generator_sha256 and
                                 every filter score (the imagefolder builder joins it on file_name)
-  README.md                     the dataset card: YAML header (license, task, size, features, the train
+  README.md                     the dataset card: YAML header (license, task, size, the train
                                 split) and what made the faces, from which data, the filters and
                                 thresholds, metrics before and after, the memorization check and its false-
                                 rejection rate, intended use and limitations
