@@ -1,0 +1,1 @@
+"""Charts and image grids for the reports and the tools."""

@@ -1,0 +1,1 @@
+"""One module per DVC stage, and the `fersynth` CLI that runs them (cli.py stages, cli_tools.py user tools)."""
