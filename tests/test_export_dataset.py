@@ -66,6 +66,7 @@ def test_export_is_an_imagefolder_datasets_loads_with_a_card_and_regenerable_row
     datasets = pytest.importorskip("datasets")
     from huggingface_hub import DatasetCard
 
+    from facedata.sources.image_folder import read_labelled_folder
     from facedata.synthetic import load_synthetic
     from generators.registry import load_sampler
     from runtime.labels import EXPRESSIONS
@@ -109,6 +110,9 @@ def test_export_is_an_imagefolder_datasets_loads_with_a_card_and_regenerable_row
     assert f"False-rejection rate on real strangers: {quality['memorization_false_rejection_on_real_test']}" in body
     rows = list(csv.DictReader(open("export/synthetic_fer2013.csv")))
     assert [int(r["emotion"]) for r in rows] == kept.labels.tolist()
+    # an export is itself a synthetic set that another project measures (generate.source: folder)
+    again = read_labelled_folder("export")
+    assert torch.equal(again.images, kept.images) and torch.equal(again.labels, kept.labels)
 
 
 def test_export_refuses_a_set_that_did_not_pass_the_memorization_check(chain):
