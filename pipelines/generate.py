@@ -39,10 +39,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from safetensors.torch import save
 
 from facedata.prepared import check_images
+from facedata.sources.image_folder import read_labelled_folder
 from facedata.synthetic import CSV_FILE, DATA_FILE, export_csv, export_png
 from generators.config import GenerateConfig
 from generators.registry import KINDS, load_sampler
-from facedata.sources.image_folder import read_labelled_folder
 from generators.sampling import file_sha256, generator_sha256
 from runtime import atomic
 from runtime.errors import UserError

@@ -41,8 +41,7 @@ def record_no_generator(folder: str, out_dir: Path, metrics_path: Path, live_dir
     if live_dir is not None:
         shutil.rmtree(live_dir, ignore_errors=True)
         (Path(live_dir) / "plots" / "metrics").mkdir(parents=True)  # a declared plots output: present, empty
-    for empty in ("checkpoints", "samples"):
-        (Path(out_dir) / empty).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "samples").mkdir(parents=True, exist_ok=True)
     atomic.write_text(Path(out_dir) / "samples" / "README.txt", f"No generator was trained: the synthetic faces come from {folder}.\n")
     atomic.write_json(metrics_path, note)
     Console(stderr=True).print(f"train_generator: skipped, the synthetic faces come from {folder} (generate.source: folder)")

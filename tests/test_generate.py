@@ -221,6 +221,25 @@ def test_generate_reads_a_folder_made_elsewhere_exactly_as_prepare_reads_images(
     assert generate.import_folder(cfg.folder, {}, False, REAL, tmp_path / "again", cfg)["folder_sha256"] != manifest["folder_sha256"]
 
 
+def test_with_a_folder_source_train_generator_records_that_nothing_was_trained(tmp_path):
+    """Its outputs say where the faces come from and hold no weights or curves of an earlier generator
+    (which would no longer describe the faces); a sampler refuses the record."""
+    from generators.sampling import read_metadata
+    from pipelines.train_generator import record_no_generator
+
+    live = tmp_path / "dvclive" / "generator"
+    (live / "plots" / "metrics").mkdir(parents=True)
+    (live / "plots" / "metrics" / "loss_g.tsv").write_text("step\tloss_g\n1\t0.5\n")
+    note = record_no_generator("theirs/", tmp_path / "models" / "generator", tmp_path / "generator.json", live)
+    assert note["kind"] == "none" and json.loads((tmp_path / "generator.json").read_text()) == note
+    model = tmp_path / "models" / "generator" / "model"
+    assert [f.name for f in model.iterdir()] == ["fersynth.json"] and read_metadata(model)["folder"] == "theirs/"
+    assert list((live / "plots" / "metrics").iterdir()) == []  # the declared plots output exists, empty
+    assert "theirs/" in (tmp_path / "models" / "generator" / "samples" / "README.txt").read_text()
+    with pytest.raises(UserError, match="no generator"):
+        load_sampler(model)
+
+
 def test_a_foreign_folder_with_an_unknown_class_or_label_is_one_clear_error(tmp_path):
     write_foreign_set(tmp_path / "classes", "classes")
     (tmp_path / "classes" / "suprise").mkdir()
