@@ -221,6 +221,15 @@ def test_generate_reads_a_folder_made_elsewhere_exactly_as_prepare_reads_images(
     assert generate.import_folder(cfg.folder, {}, False, REAL, tmp_path / "again", cfg)["folder_sha256"] != manifest["folder_sha256"]
 
 
+def test_a_folder_source_holding_no_faces_is_one_clear_error(tmp_path):
+    """As synthetic_in/ is in git (its README only) until the user puts faces there."""
+    (tmp_path / "synthetic_in").mkdir()
+    (tmp_path / "synthetic_in" / "README.md").write_text("put faces here\n")
+    with pytest.raises(UserError, match=r"synthetic_in: contains no class folders; expected <root>/<class>/<image>"):
+        generate.import_folder(tmp_path / "synthetic_in", {}, False, REAL, tmp_path / "synthetic")
+    assert not (tmp_path / "synthetic").exists()
+
+
 def test_with_a_folder_source_train_generator_records_that_nothing_was_trained(tmp_path):
     """Its outputs say where the faces come from and hold no weights or curves of an earlier generator
     (which would no longer describe the faces); a sampler refuses the record."""

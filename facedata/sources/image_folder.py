@@ -204,7 +204,8 @@ def read_labelled_folder(root: str | Path, class_map: dict[str, str] | None = No
         files, _ = _folder_files(root, mapping, lenient, rejected, dropped)
     good = _read_images(files, lenient, rejected)
     if not good:
-        raise UserError(f"{root}: no readable faces labelled with one of the 7 expressions")
+        raise UserError(f"{root}: {what} holds no readable faces labelled with one of the 7 expressions; put them in "
+                        "<class>/<image> folders or list them in a metadata.csv (file_name, label)")
     return LabelledFolder(torch.from_numpy(np.stack([g[3] for g in good])).unsqueeze(1),
                           torch.tensor([g[1] for g in good], dtype=torch.int64),
                           [g[2].relative_to(root).as_posix() for g in good], rejected, dropped)
