@@ -101,8 +101,8 @@ def run_report(abl: AblationConfig, metrics_dir: Path = Path("metrics/ablation")
                   **{f"{k}_inception": quality.get(when, {}).get("inception", {}).get(k) for k in ("fid", "kid")},
                   "cas_accuracy": cas_accuracy(quality, when, missing=None)}
            for when in ("before", "after")},
-        "generator": {k: generator.get(k) for k in ("kind", "gan_test", "kid", "steps", "train_minutes", "steps_per_s", "folder")
-                      if k in generator or k != "folder"},
+        "generator": {k: generator.get(k) for k in ("kind", "gan_test", "kid", "steps", "train_minutes", "steps_per_s")}
+        | ({"folder": generator["folder"]} if "folder" in generator else {}),  # generate.source: folder
         "judge_test_accuracy": (judge.get("test") or {}).get("accuracy"),
         "real_test_accuracy": table["real"]["accuracy"]["mean"],
         "hardware": runs["real"][0].get("hardware"),

@@ -58,12 +58,13 @@ def run_sample(generator: Path, classes: str, seeds: str, out: Path, faces_dir: 
     knob = KINDS[sampler.kind].sample_options(GenerateConfig(
         truncation=truncation, **({"guidance_scale": guidance_scale} if guidance_scale is not None else {})))
     labels = torch.tensor(rows).repeat_interleave(len(cols))
-    images = sampler.sample(labels, torch.tensor(cols).repeat(len(rows)), **knob)
+    seeds_drawn = torch.tensor(cols).repeat(len(rows))
+    images = sampler.sample(labels, seeds_drawn, **knob)
     save_grid(images, Path(out), per_row=len(cols))
     if faces_dir is not None:
         from PIL import Image
 
-        for image, label, seed in zip(images[:, 0].numpy(), labels.tolist(), torch.tensor(cols).repeat(len(rows)).tolist()):
+        for image, label, seed in zip(images[:, 0].numpy(), labels.tolist(), seeds_drawn.tolist()):
             with atomic.atomic_path(Path(faces_dir) / EXPRESSIONS[label] / f"seed{seed:08d}.png") as tmp:
                 Image.fromarray(image).save(tmp, format="PNG")
     return images
